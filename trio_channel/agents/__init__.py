@@ -1,0 +1,1 @@
+"""Agents that ship with trio_channel (the daemon's default echo agent)."""

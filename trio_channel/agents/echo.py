@@ -1,0 +1,100 @@
+"""The built-in echo agent: the daemon's default, and a reference for agent authors.
+
+Per inbound message it reports ``goal_status`` running, then answers:
+
+- ``stream:N`` (1 <= N <= 10,000): N ``delta`` events of one stream, then
+  ``stream_end`` (or one whole ``message`` when streaming is off);
+- ``sleep:S ...`` (0 <= S <= 30): waits S seconds, then a ``message`` with the
+  whole content;
+- anything else: a ``message`` echoing the content, with the message's media
+  paths;
+
+then ``turn_end`` with ``latency_ms`` and ``goal_status`` idle. Chats are
+answered concurrently (a ``sleep:`` in one chat does not hold up another),
+at most :data:`MAX_CONCURRENT_TURNS` at a time; past that the agent stops
+taking messages, which back-pressures the server.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import trio
+
+from ..bus import InboundMessage
+from ..events import AgentEvent, Delta, GoalStatus, Message, StreamEnd, TurnEnd
+
+MAX_STREAM_DELTAS = 10_000
+MAX_SLEEP_S = 30.0
+MAX_CONCURRENT_TURNS = 64
+
+_STREAM_RE = re.compile(r"stream:(\d{1,6})")
+_SLEEP_RE = re.compile(r"sleep:(\d+(?:\.\d+)?)(?:\s.*)?", re.DOTALL)
+
+
+async def echo_agent(
+    inbound: trio.MemoryReceiveChannel[InboundMessage],
+    outbound: trio.MemorySendChannel[AgentEvent],
+) -> None:
+    """Answer every inbound message until the server closes the bus."""
+    turns = trio.Semaphore(MAX_CONCURRENT_TURNS)
+    async with inbound, outbound, trio.open_nursery() as nursery:
+        async for message in inbound:
+            await turns.acquire()
+            nursery.start_soon(_turn, message, outbound, turns)
+
+
+async def _turn(
+    message: InboundMessage,
+    outbound: trio.MemorySendChannel[AgentEvent],
+    turns: trio.Semaphore,
+) -> None:
+    try:
+        await answer(message, outbound)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # the server is gone; nobody is left to answer
+    finally:
+        turns.release()
+
+
+async def answer(
+    message: InboundMessage, outbound: trio.MemorySendChannel[AgentEvent]
+) -> None:
+    """Run one turn for ``message``, sending events as they are produced."""
+    chat_id = message.chat_id
+    started = trio.current_time()
+    await outbound.send(
+        GoalStatus(chat_id=chat_id, status="running", started_at=time.time())
+    )
+    content = message.content.strip()
+    streaming = bool(message.metadata.get("streaming", True))
+    stream = _STREAM_RE.fullmatch(content)
+    sleep = _SLEEP_RE.fullmatch(content)
+    if stream and 1 <= int(stream.group(1)) <= MAX_STREAM_DELTAS:
+        count = int(stream.group(1))
+        chunks = [f"chunk {i} " for i in range(1, count + 1)]
+        if streaming:
+            stream_id = uuid.uuid4().hex
+            for chunk in chunks:
+                await outbound.send(
+                    Delta(chat_id=chat_id, text=chunk, stream_id=stream_id)
+                )
+            await outbound.send(StreamEnd(chat_id=chat_id, stream_id=stream_id))
+        else:
+            await outbound.send(Message(chat_id=chat_id, text="".join(chunks)))
+    elif sleep and float(sleep.group(1)) <= MAX_SLEEP_S:
+        await trio.sleep(float(sleep.group(1)))
+        await outbound.send(Message(chat_id=chat_id, text=message.content))
+    else:
+        await outbound.send(
+            Message(
+                chat_id=chat_id,
+                text=message.content,
+                media=list(message.media) or None,
+            )
+        )
+    latency_ms = int((trio.current_time() - started) * 1000)
+    await outbound.send(TurnEnd(chat_id=chat_id, latency_ms=latency_ms))
+    await outbound.send(GoalStatus(chat_id=chat_id, status="idle"))

@@ -1,0 +1,337 @@
+"""Channel configuration: one frozen msgspec Struct, loaded and checked once.
+
+Field names and defaults follow the wire protocol's configuration table
+(PROTOCOL.md section 7), so a nanobot ``channels.websocket`` section, in
+snake_case or camelCase, loads unchanged.
+
+Loading is layered: defaults < config file < environment < command-line
+overrides. msgspec enforces types and numeric bounds; :func:`validate_config`
+adds the rules that involve several fields or the filesystem. Every problem
+becomes one :class:`ConfigError` naming the field, so the CLI can print a
+single line and exit 2 before anything binds.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+__all__ = [
+    "ChannelConfig",
+    "ConfigError",
+    "build_config",
+    "load_config_file",
+    "normalize_path",
+    "validate_config",
+]
+
+Seconds5to300 = Annotated[float, msgspec.Meta(ge=5, le=300)]
+
+
+class ChannelConfig(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    """Everything the server needs to know, checked before anything binds."""
+
+    # --- nanobot-compatible fields -------------------------------------
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
+    unix_socket_path: str = ""
+    path: str = "/"
+    token: str = ""
+    token_issue_path: str = ""
+    token_issue_secret: str = ""
+    token_ttl_s: Annotated[int, msgspec.Meta(ge=30, le=86_400)] = 300
+    websocket_requires_token: bool = True
+    allow_from: tuple[str, ...] = ("*",)
+    streaming: bool = True
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=41_943_040)] = 37_748_736
+    ping_interval_s: Seconds5to300 = 20.0
+    ping_timeout_s: Seconds5to300 = 20.0
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    # --- our own fields -------------------------------------------------
+    data_dir: str = "~/.local/share/trio-channel"
+    agent: str = "trio_channel.agents.echo:echo_agent"
+    log_level: str = "info"
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    slow_consumer_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    send_queue_frames: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 1024
+    bus_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    rate_limit: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 100.0
+    shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
+
+
+#: Every field name, in the snake_case the Struct uses.
+FIELD_NAMES: frozenset[str] = frozenset(ChannelConfig.__struct_fields__)
+
+#: Environment variables that may carry secrets, so they stay out of files
+#: and out of ``ps`` output.
+ENV_FOR_FIELD: Mapping[str, str] = {
+    "token": "TRIO_CHANNEL_TOKEN",
+    "token_issue_secret": "TRIO_CHANNEL_TOKEN_ISSUE_SECRET",
+}
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: Hosts that bind every interface: exposing the channel there without a
+#: secret would let anyone on the network drive the agent.
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line: ``field: message``.
+
+    ``field`` is a :class:`ChannelConfig` field name, or ``config`` when the
+    file itself cannot be used. The text never spans lines, so the CLI can
+    print ``config error: {err}`` and exit 2 without a traceback.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.field = _one_line(field)
+        self.message = _one_line(message)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def normalize_path(p: str) -> str:
+    """Return the request path as routing compares it.
+
+    The query is dropped and every trailing ``/`` removed, but ``/`` stays
+    ``/``: ``"/ws/"`` and ``"/ws?x=1"`` both become ``"/ws"``. The configured
+    ``path`` and incoming request targets both go through this, so the
+    comparison never depends on how either was spelled.
+    """
+    return p.split("?", 1)[0].rstrip("/") or "/"
+
+
+# --- files ---------------------------------------------------------------
+
+
+def _camel(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+#: ``pingIntervalS`` -> ``ping_interval_s``: the spelling nanobot writes
+#: (pydantic's ``to_camel``). Only exact spellings map, so a typo such as
+#: ``Port`` is reported as an unknown field rather than guessed at.
+_FIELD_FOR_CAMEL: Mapping[str, str] = {_camel(f): f for f in FIELD_NAMES}
+
+
+def _decode(data: bytes, suffix: str) -> object:
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("config", f"invalid TOML: {exc}") from None
+    if suffix == ".json":
+        try:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ConfigError("config", f"invalid JSON: {exc}") from None
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as json_exc:
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as toml_exc:
+            raise ConfigError(
+                "config", f"neither JSON ({json_exc}) nor TOML ({toml_exc})"
+            ) from None
+
+
+def _section(doc: object) -> dict[str, object]:
+    """Return the websocket section: nanobot's nested one, or the top level."""
+    if not isinstance(doc, dict):
+        raise ConfigError("config", "top level must be an object (a table)")
+    channels = doc.get("channels")
+    if channels is None:
+        return doc
+    websocket = channels.get("websocket") if isinstance(channels, dict) else None
+    if not isinstance(websocket, dict):
+        raise ConfigError("config", "channels.websocket must be an object (a table)")
+    return websocket
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Read a config file into a mapping of :class:`ChannelConfig` field names.
+
+    ``.toml`` is read as TOML, ``.json`` as JSON, anything else as JSON and
+    then TOML. A whole nanobot config (``{"channels": {"websocket": {...}}}``)
+    is unwrapped to that section, so users can point at the file they already
+    have. camelCase keys of known fields become snake_case; the values are
+    not checked here (:func:`build_config` does that after layering).
+    """
+    name = os.fspath(path)
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError("config", f"cannot read {name}: {reason}") from None
+    section = _section(_decode(data, Path(name).suffix.lower()))
+    result: dict[str, object] = {}
+    spelled: dict[str, str] = {}
+    for key, value in section.items():
+        field = _FIELD_FOR_CAMEL.get(key, key)
+        if field in spelled:
+            raise ConfigError(field, f"given twice (as {spelled[field]} and {key})")
+        spelled[field] = key
+        result[field] = value
+    return result
+
+
+# --- building ------------------------------------------------------------
+
+_AT_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>.*)`$", re.DOTALL)
+_PATH_HEAD = re.compile(r"^\.(?P<field>\w+)(?P<rest>.*)$", re.DOTALL)
+_WHOLE_FLOAT = re.compile(r"(?<![\d.])(\d+)\.0(?!\d)")
+
+
+def _from_validation_error(exc: msgspec.ValidationError) -> ConfigError:
+    """Turn msgspec's message into ``field: expected int >= 1024`` form."""
+    text = str(exc)
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        return ConfigError(unknown["name"], "unknown field")
+    field, rest, msg = "config", "", text
+    at = _AT_PATH.match(text)
+    if at:
+        msg = at["msg"]
+        head = _PATH_HEAD.match(at["path"])
+        if head:
+            field, rest = head["field"], head["rest"]
+    msg = _WHOLE_FLOAT.sub(r"\1", msg.replace("`", ""))
+    msg = msg[:1].lower() + msg[1:]
+    if rest:
+        msg = f"{msg} (at {field}{rest})"
+    return ConfigError(field, msg)
+
+
+def build_config(
+    file_path: str | None = None,
+    *,
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ChannelConfig:
+    """Build the validated configuration the server starts with.
+
+    Layers, later wins: defaults < the file at *file_path* < environment
+    (``TRIO_CHANNEL_TOKEN``, ``TRIO_CHANNEL_TOKEN_ISSUE_SECRET``, when set and
+    non-empty) < *overrides* (command-line flags; ``None`` values mean "not
+    given" and are skipped). *environ* defaults to :data:`os.environ`; tests
+    pass a dict. Raises :class:`ConfigError` for the first problem found.
+    """
+    merged: dict[str, object] = {}
+    if file_path is not None:
+        merged.update(load_config_file(file_path))
+    env = os.environ if environ is None else environ
+    for field, var in ENV_FOR_FIELD.items():
+        if env.get(var):
+            merged[field] = env[var]
+    if overrides is not None:
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = msgspec.convert(merged, ChannelConfig)
+    except msgspec.ValidationError as exc:
+        raise _from_validation_error(exc) from None
+    return validate_config(cfg)
+
+
+# --- semantic rules ------------------------------------------------------
+
+
+def _expand(field: str, value: str) -> str:
+    if "\0" in value:
+        raise ConfigError(field, "must not contain NUL")
+    return os.path.expanduser(value)
+
+
+def _is_agent_spec(spec: str) -> bool:
+    module, sep, func = spec.partition(":")
+    names = [*module.split("."), func]
+    return bool(sep) and all(
+        n.isidentifier() and not keyword.iskeyword(n) for n in names
+    )
+
+
+def _check_tls(cfg: ChannelConfig, certfile: str, keyfile: str) -> None:
+    if not (certfile or keyfile):
+        return
+    if not keyfile:
+        raise ConfigError("ssl_keyfile", "required when ssl_certfile is set")
+    if not certfile:
+        raise ConfigError("ssl_certfile", "required when ssl_keyfile is set")
+    if cfg.unix_socket_path:
+        raise ConfigError("ssl_certfile", "no TLS on a unix socket")
+    for field, value in (("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
+        if not os.path.isfile(value):
+            raise ConfigError(field, f"no such file: {value}")
+
+
+def validate_config(cfg: ChannelConfig) -> ChannelConfig:
+    """Apply the rules msgspec's per-field bounds cannot express.
+
+    Returns a copy with ``~`` expanded in ``unix_socket_path``, ``data_dir``,
+    ``ssl_certfile`` and ``ssl_keyfile`` and ``log_level`` lower-cased, so the
+    rest of the server never re-interprets them. Raises :class:`ConfigError`
+    naming the field for the first rule broken.
+    """
+    if not cfg.path.startswith("/"):
+        raise ConfigError("path", f"must start with '/' (got {cfg.path!r})")
+    issue = cfg.token_issue_path
+    if issue and not issue.startswith("/"):
+        raise ConfigError("token_issue_path", f"must start with '/' (got {issue!r})")
+    if issue and normalize_path(issue) == normalize_path(cfg.path):
+        raise ConfigError("token_issue_path", "must differ from path")
+    if not cfg.host:
+        raise ConfigError("host", "must not be empty (use 0.0.0.0 or :: for all)")
+    if cfg.host in _WILDCARD_HOSTS and not (cfg.token or cfg.token_issue_secret):
+        raise ConfigError(
+            "host", f"{cfg.host} requires token or token_issue_secret to be set"
+        )
+    unix_socket_path = cfg.unix_socket_path
+    if unix_socket_path:
+        unix_socket_path = _expand("unix_socket_path", unix_socket_path)
+        if not os.path.isabs(unix_socket_path):
+            raise ConfigError(
+                "unix_socket_path", f"must be absolute (got {cfg.unix_socket_path!r})"
+            )
+    certfile = _expand("ssl_certfile", cfg.ssl_certfile) if cfg.ssl_certfile else ""
+    keyfile = _expand("ssl_keyfile", cfg.ssl_keyfile) if cfg.ssl_keyfile else ""
+    _check_tls(cfg, certfile, keyfile)
+    log_level = cfg.log_level.lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if not _is_agent_spec(cfg.agent):
+        raise ConfigError(
+            "agent", f"must look like package.module:function (got {cfg.agent!r})"
+        )
+    if not cfg.data_dir:
+        raise ConfigError("data_dir", "must not be empty")
+    data_dir = _expand("data_dir", cfg.data_dir)
+    return msgspec.structs.replace(
+        cfg,
+        unix_socket_path=unix_socket_path,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        data_dir=data_dir,
+        log_level=log_level,
+    )

@@ -1,0 +1,223 @@
+"""One accepted WebSocket connection: reader, writer, heartbeat and watchdog.
+
+The four tasks share one nursery owned by :func:`run_connection`; whichever
+ends the connection (the client closing, a ping timeout, a stalled or
+overflowing send queue, server shutdown) cancels the others, and the close
+code is sent exactly once on the way out. Subscriptions are dropped in a
+``finally``, so every way a connection ends cleans up the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ._wire import abort, send_framed, text_frame
+from .bus import InboundMessage
+from .events import ServerEvent, encode_event
+from .media import MediaRejected, check_media, discard_media, save_media
+from .outbox import Outbox
+from .protocol import ChatMessage
+from .session import ClientSession, Effects, NeedsMedia
+
+log = logging.getLogger("trio_channel.connection")
+
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
+
+#: How long the closing handshake may take once we decided to close.
+CLOSE_TIMEOUT_S = 5.0
+
+
+def frame(event: ServerEvent) -> bytes:
+    return text_frame(encode_event(event))
+
+
+@attrs.define
+class ConnectionLimits:
+    max_message_bytes: int
+    ping_interval_s: float
+    ping_timeout_s: float
+    slow_consumer_timeout_s: float
+    close_timeout_s: float = CLOSE_TIMEOUT_S
+
+
+@attrs.define(eq=False)
+class _CloseState:
+    """Why the connection ends, decided by whichever task ends it first."""
+
+    code: int = GOING_AWAY
+    reason: str = ""
+    decided: bool = False
+    #: True while a ``send_all`` is in flight: cancelling it may leave a
+    #: partial frame, after which a close frame would be garbage.
+    writing: bool = False
+
+    def decide(self, code: int, reason: str, scope: trio.CancelScope) -> None:
+        if not self.decided:
+            self.code, self.reason, self.decided = code, reason, True
+        scope.cancel()
+
+
+async def run_connection(
+    ws: WebSocketConnection,
+    session: ClientSession,
+    outbox: Outbox,
+    *,
+    inbound: trio.MemorySendChannel[InboundMessage],
+    limits: ConnectionLimits,
+    media_dir: Path,
+) -> int:
+    """Serve ``ws`` until it ends; return the close code we used (or saw)."""
+    state = _CloseState()
+    outbox.put_many([frame(e) for e in session.start()])
+    try:
+        async with trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope
+            nursery.start_soon(_writer, ws, outbox, state, scope)
+            nursery.start_soon(_heartbeat, ws, limits, state, scope)
+            nursery.start_soon(_watchdog, outbox, limits, state, scope)
+            await _reader(ws, session, outbox, inbound, limits, media_dir, state)
+            state.decide(ws.closed.code if ws.closed else 1000, "", scope)
+    finally:
+        session.close()
+        outbox.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(limits.close_timeout_s):
+            await _close(ws, state)
+    return state.code
+
+
+async def _close(ws: WebSocketConnection, state: _CloseState) -> None:
+    if ws.closed is not None:
+        return
+    if state.writing:
+        # A frame may be half-written; the only clean thing left is to drop TCP.
+        await abort(ws)
+        return
+    await ws.aclose(state.code, state.reason or None)
+
+
+async def _reader(
+    ws: WebSocketConnection,
+    session: ClientSession,
+    outbox: Outbox,
+    inbound: trio.MemorySendChannel[InboundMessage],
+    limits: ConnectionLimits,
+    media_dir: Path,
+    state: _CloseState,
+) -> None:
+    max_bytes = limits.max_message_bytes
+    while True:
+        try:
+            message = await ws.get_message()
+        except ConnectionClosed:
+            return
+        if isinstance(message, bytes):
+            try:
+                text = message.decode("utf-8")
+            except UnicodeDecodeError:
+                log.info("ignoring a binary frame that is not UTF-8")
+                continue
+        else:
+            text = message
+            # trio-websocket bounds characters; the contract bounds bytes.
+            if len(text) * 4 > max_bytes and len(text.encode()) > max_bytes:
+                state.code, state.reason, state.decided = (
+                    MESSAGE_TOO_BIG,
+                    "message too big",
+                    True,
+                )
+                return
+        effects = session.on_frame(text, trio.current_time())
+        if isinstance(effects, NeedsMedia):
+            effects = await _with_media(session, effects.request, media_dir)
+        outbox.put_many([frame(e) for e in effects.replies])
+        if effects.deliver is not None:
+            await _deliver(inbound, effects.deliver, state)
+
+
+async def _with_media(
+    session: ClientSession, request: ChatMessage, media_dir: Path
+) -> Effects:
+    """Decode and save attachments off the event loop; never leave files behind."""
+    checked = await trio.to_thread.run_sync(check_media, request.envelope.media)
+    if isinstance(checked, MediaRejected):
+        return session.media_rejected(checked.reason)
+    saved = await save_media(checked, media_dir) if checked else []
+    effects = session.finish_message(request, saved)
+    if effects.deliver is None and saved:
+        await discard_media(saved)
+    return effects
+
+
+async def _deliver(
+    inbound: trio.MemorySendChannel[InboundMessage],
+    message: InboundMessage,
+    state: _CloseState,
+) -> None:
+    try:
+        # Blocks while the agent is behind: we stop reading this socket.
+        await inbound.send(message)
+    except BaseException:
+        if message.media:
+            with trio.CancelScope(shield=True):
+                await discard_media(message.media)
+        raise
+
+
+async def _writer(
+    ws: WebSocketConnection,
+    outbox: Outbox,
+    state: _CloseState,
+    scope: trio.CancelScope,
+) -> None:
+    while True:
+        try:
+            data = await outbox.take_all()
+        except trio.EndOfChannel:
+            return
+        state.writing = True
+        try:
+            await send_framed(ws, data)
+        except ConnectionClosed:
+            state.writing = False
+            scope.cancel()
+            return
+        state.writing = False
+
+
+async def _heartbeat(
+    ws: WebSocketConnection,
+    limits: ConnectionLimits,
+    state: _CloseState,
+    scope: trio.CancelScope,
+) -> None:
+    while True:
+        await trio.sleep(limits.ping_interval_s)
+        with trio.move_on_after(limits.ping_timeout_s) as ping_scope:
+            try:
+                await ws.ping()
+            except ConnectionClosed:
+                scope.cancel()
+                return
+        if ping_scope.cancelled_caught:
+            log.info("closing a connection: no pong within %ss", limits.ping_timeout_s)
+            state.decide(INTERNAL_ERROR, "keepalive ping timeout", scope)
+            return
+
+
+async def _watchdog(
+    outbox: Outbox,
+    limits: ConnectionLimits,
+    state: _CloseState,
+    scope: trio.CancelScope,
+) -> None:
+    await outbox.wait_until_stalled(limits.slow_consumer_timeout_s)
+    log.info("closing a slow consumer (send queue stayed full)")
+    state.decide(TRY_AGAIN_LATER, "slow consumer", scope)

@@ -1,0 +1,160 @@
+"""Typed events: what the agent sends, and what the server says on its own.
+
+Each event is a ``msgspec.Struct`` tagged by its ``event`` field, so the object
+the agent puts on the outbound channel *is* the wire frame: the dispatcher
+encodes it once with a reused encoder and fans the same bytes out to every
+subscriber. ``omit_defaults`` keeps optional fields off the wire unless set.
+
+Persisted events (``message``, ``delta``, ``stream_end``, ``reasoning_delta``,
+``reasoning_end``, ``file_edit``, ``turn_end``) carry a per-chat ``seq``
+assigned by the server; agents leave it at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+
+class _Event(msgspec.Struct, tag_field="event", omit_defaults=True, kw_only=True):
+    """Base of every server→client event."""
+
+    persisted: ClassVar[bool] = False
+
+
+class _ChatEvent(_Event, kw_only=True):
+    chat_id: str
+
+
+class _PersistedEvent(_ChatEvent, kw_only=True):
+    persisted: ClassVar[bool] = True
+    #: Assigned by the server (per chat, from 1, no gaps); agents leave it 0.
+    seq: int = 0
+
+
+class MediaUrl(msgspec.Struct, omit_defaults=True):
+    url: str
+    name: str = ""
+
+
+class Message(_PersistedEvent, tag="message", kw_only=True):
+    text: str
+    media: list[str] | None = None
+    media_urls: list[MediaUrl] | None = None
+    reply_to: str | None = None
+    latency_ms: int | None = None
+    tool_events: list[Any] | None = None
+    agent_ui: Any = None
+    kind: Literal["tool_hint", "progress"] | None = None
+
+
+class Delta(_PersistedEvent, tag="delta", kw_only=True):
+    text: str
+    stream_id: Any = None
+
+
+class StreamEnd(_PersistedEvent, tag="stream_end", kw_only=True):
+    stream_id: Any = None
+    #: The whole assembled stream; only set when the server rewrote it.
+    text: str | None = None
+
+
+class ReasoningDelta(_PersistedEvent, tag="reasoning_delta", kw_only=True):
+    text: str
+    stream_id: Any = None
+
+
+class ReasoningEnd(_PersistedEvent, tag="reasoning_end", kw_only=True):
+    stream_id: Any = None
+
+
+class FileEdit(_PersistedEvent, tag="file_edit", kw_only=True):
+    edits: list[dict[str, Any]]
+
+
+class TurnEnd(_PersistedEvent, tag="turn_end", kw_only=True):
+    latency_ms: int | None = None
+    goal_state: dict[str, Any] | None = None
+
+
+class GoalState(_ChatEvent, tag="goal_state", kw_only=True):
+    goal_state: dict[str, Any]
+
+
+class GoalStatus(_ChatEvent, tag="goal_status", kw_only=True):
+    status: Literal["running", "idle"]
+    #: Unix seconds; only with ``running``.
+    started_at: float | None = None
+
+
+class SessionUpdated(_ChatEvent, tag="session_updated", kw_only=True):
+    scope: str | None = None
+    #: UNSET leaves the field out; None is sent as ``null`` (the default scope).
+    workspace_scope: Any = msgspec.UNSET
+
+
+class RuntimeModelUpdated(_Event, tag="runtime_model_updated", kw_only=True):
+    """Goes to every open connection; not chat-scoped."""
+
+    model_name: str
+    model_preset: str | None = None
+
+
+#: Everything an agent may put on the outbound channel.
+AgentEvent = (
+    Message
+    | Delta
+    | StreamEnd
+    | ReasoningDelta
+    | ReasoningEnd
+    | FileEdit
+    | TurnEnd
+    | GoalState
+    | GoalStatus
+    | SessionUpdated
+    | RuntimeModelUpdated
+)
+ChatEvent = (
+    Message
+    | Delta
+    | StreamEnd
+    | ReasoningDelta
+    | ReasoningEnd
+    | FileEdit
+    | TurnEnd
+    | GoalState
+    | GoalStatus
+    | SessionUpdated
+)
+
+
+# --- events only the server sends --------------------------------------
+
+
+class Ready(_Event, tag="ready", kw_only=True):
+    chat_id: str
+    client_id: str
+
+
+class Attached(_Event, tag="attached", kw_only=True):
+    chat_id: str
+
+
+class Error(_Event, tag="error", kw_only=True):
+    """A soft error: answers the sender only and never closes the connection."""
+
+    detail: str
+    reason: str | None = None
+    chat_id: str | None = None
+    first_seq: int | None = None
+
+
+ServerEvent = AgentEvent | Ready | Attached | Error
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_event(event: ServerEvent) -> bytes:
+    """Encode one event to its JSON text (UTF-8 bytes)."""
+    return _encoder.encode(event)

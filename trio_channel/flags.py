@@ -1,0 +1,137 @@
+"""Command-line flags of ``trio-channel serve``, mapped onto config fields.
+
+Every flag defaults to ``None`` so that a flag the user did not give never
+hides the value from the config file or the environment: only flags that
+were given become overrides (see :func:`trio_channel.config.build_config`).
+Each flag stores into the namespace under its :class:`ChannelConfig` field
+name, so :func:`overrides_from_args` is a plain lookup and
+:data:`FLAG_FOR_FIELD` is the single place that ties the two together.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+__all__ = [
+    "CONFIG_DEST",
+    "FLAG_FOR_FIELD",
+    "add_serve_arguments",
+    "overrides_from_args",
+]
+
+#: Namespace attribute that holds ``--config FILE`` (not a config field).
+CONFIG_DEST = "config"
+
+#: Config field -> the flag that sets it. Docs and tests check it against
+#: :class:`ChannelConfig`, so a renamed field cannot leave a dead flag.
+FLAG_FOR_FIELD: Mapping[str, str] = {
+    "host": "--host",
+    "port": "--port",
+    "path": "--path",
+    "unix_socket_path": "--unix-socket",
+    "token": "--token",
+    "token_issue_path": "--token-issue-path",
+    "token_issue_secret": "--token-issue-secret",
+    "websocket_requires_token": "--no-require-token",
+    "allow_from": "--allow-from",
+    "ssl_certfile": "--ssl-certfile",
+    "ssl_keyfile": "--ssl-keyfile",
+    "max_message_bytes": "--max-message-bytes",
+    "ping_interval_s": "--ping-interval",
+    "ping_timeout_s": "--ping-timeout",
+    "data_dir": "--data-dir",
+    "agent": "--agent",
+    "log_level": "--log-level",
+    "max_connections": "--max-connections",
+    "handshake_timeout_s": "--handshake-timeout",
+    "rate_limit": "--rate-limit",
+    "slow_consumer_timeout_s": "--slow-consumer-timeout",
+    "shutdown_grace_s": "--shutdown-grace",
+}
+
+# field -> (type, metavar, help). Types only parse; bounds are checked once,
+# by build_config, so a flag and a file value get the same error message.
+_VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
+    "host": (str, "HOST", "TCP address to bind; 0.0.0.0 or :: need a token"),
+    "port": (int, "PORT", "TCP port to bind; 0 picks any free port"),
+    "path": (str, "PATH", "URL path of the WebSocket endpoint"),
+    "unix_socket_path": (str, "FILE", "listen on this Unix socket instead of TCP"),
+    "token": (str, "TOKEN", "static token clients may send (prefer the env var)"),
+    "token_issue_path": (str, "PATH", "HTTP path that issues one-time tokens"),
+    "token_issue_secret": (str, "SECRET", "secret the token-issue route requires"),
+    "ssl_certfile": (str, "FILE", "TLS certificate chain (PEM); needs --ssl-keyfile"),
+    "ssl_keyfile": (str, "FILE", "TLS private key (PEM); needs --ssl-certfile"),
+    "max_message_bytes": (int, "N", "largest client message; bigger closes 1009"),
+    "ping_interval_s": (float, "SECONDS", "seconds between keepalive pings"),
+    "ping_timeout_s": (float, "SECONDS", "seconds to wait for a pong"),
+    "data_dir": (str, "DIR", "directory for sessions, media and secrets"),
+    "agent": (str, "MODULE:FUNCTION", "agent coroutine to run"),
+    "log_level": (str, "LEVEL", "debug, info, warning, error or critical"),
+    "max_connections": (int, "N", "open WebSocket connections before 503"),
+    "handshake_timeout_s": (float, "SECONDS", "deadline for the HTTP request head"),
+    "rate_limit": (float, "PER_SECOND", "messages per second per connection; 0=off"),
+    "slow_consumer_timeout_s": (
+        float,
+        "SECONDS",
+        "close (1013) a connection whose send queue stays full this long",
+    ),
+    "shutdown_grace_s": (float, "SECONDS", "time clients get to close on shutdown"),
+}
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` flags to *parser*; every default is ``None``.
+
+    ``--config`` lands in ``ns.config``; every other flag lands under its
+    config field name (``--ping-interval`` in ``ns.ping_interval_s``).
+    """
+    parser.add_argument(
+        "--config",
+        dest=CONFIG_DEST,
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON config file (a whole nanobot config works too)",
+    )
+    for field, flag in FLAG_FOR_FIELD.items():
+        if field == "allow_from":
+            parser.add_argument(
+                flag,
+                dest=field,
+                action="append",
+                metavar="ID",
+                default=None,
+                help="admit this client_id; repeat for more, '*' for all "
+                "(sets allow_from)",
+            )
+        elif field == "websocket_requires_token":
+            parser.add_argument(
+                flag,
+                dest=field,
+                action="store_const",
+                const=False,
+                default=None,
+                help="accept WebSocket clients without a token "
+                "(sets websocket_requires_token=false)",
+            )
+        else:
+            kind, metavar, text = _VALUED[field]
+            parser.add_argument(
+                flag,
+                dest=field,
+                type=kind,
+                metavar=metavar,
+                default=None,
+                help=f"{text} (sets {field})",
+            )
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
+    """Return the config overrides for the flags that were actually given."""
+    overrides: dict[str, object] = {}
+    for field in FLAG_FOR_FIELD:
+        value = getattr(ns, field, None)
+        if value is None:
+            continue
+        overrides[field] = tuple(value) if field == "allow_from" else value
+    return overrides

@@ -1,0 +1,168 @@
+"""The plain-HTTP front that shares the port with the WebSocket upgrade.
+
+:func:`read_request_head` reads exactly one request head with h11 (bounded to
+:data:`MAX_HEAD_BYTES`; the caller bounds the time), keeping every byte read
+so an upgrade can be replayed into trio-websocket (:class:`ReplayStream`).
+:func:`is_upgrade` applies PROTOCOL 1 step 1, and :func:`respond` writes one
+small response and ends the exchange: every plain HTTP request is answered
+with ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import h11
+import trio
+
+from .config import normalize_path
+
+MAX_HEAD_BYTES = 16 * 1024
+_RECEIVE_BYTES = 4096
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+@attrs.frozen
+class RequestHead:
+    method: str
+    #: The raw request target (path and query), as sent.
+    target: str
+    #: Lower-cased names; repeated headers joined with ", ".
+    headers: dict[str, str]
+    #: Every byte read from the stream so far (the head and anything after).
+    raw: bytes
+
+
+@attrs.frozen
+class BadRequest:
+    """The head could not be read: answer ``status`` (400 or 431), or drop."""
+
+    status: int
+
+
+async def read_request_head(
+    stream: trio.abc.ReceiveStream, *, max_bytes: int = MAX_HEAD_BYTES
+) -> RequestHead | BadRequest | None:
+    """Read one request head; None when the peer closed before sending one."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            return BadRequest(exc.error_status_hint)
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(_RECEIVE_BYTES)
+            if not data and not raw:
+                return None
+            raw += data
+            conn.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Request):
+            headers: dict[str, str] = {}
+            for name, value in event.headers:
+                key = name.decode("ascii").lower()
+                text = value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            return RequestHead(
+                method=event.method.decode("ascii"),
+                target=event.target.decode("latin-1"),
+                headers=headers,
+                raw=bytes(raw),
+            )
+        # ConnectionClosed before a full head, or anything unexpected.
+        return None
+
+
+def is_upgrade(head: RequestHead, path: str) -> bool:
+    """PROTOCOL 1 step 1: on ``path``, ``Upgrade`` contains websocket and
+    ``Connection`` contains upgrade (case-insensitive)."""
+    return (
+        head.method == "GET"
+        and normalize_path(head.target) == normalize_path(path)
+        and "websocket" in head.headers.get("upgrade", "").lower()
+        and "upgrade" in head.headers.get("connection", "").lower()
+    )
+
+
+def response_bytes(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> bytes:
+    """A complete ``Connection: close`` response, produced by h11."""
+    conn = h11.Connection(h11.SERVER)
+    # h11 needs to have seen a request before it will produce a response.
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        ("Cache-Control", "no-store"),
+        *(extra_headers or []),
+    ]
+    reason = _REASONS.get(status, "")
+    out = conn.send(
+        h11.Response(status_code=status, headers=headers, reason=reason.encode())
+    )
+    out += conn.send(h11.Data(data=body)) or b""
+    out += conn.send(h11.EndOfMessage()) or b""
+    return out or b""
+
+
+async def respond(
+    stream: trio.abc.SendStream,
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+) -> None:
+    """Send one response; a peer that already left is not an error."""
+    try:
+        await stream.send_all(response_bytes(status, body, content_type=content_type))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+
+
+@attrs.define(eq=False)
+class ReplayStream(trio.abc.Stream):
+    """A stream that first yields ``prefix`` (the bytes the front already read).
+
+    Lets trio-websocket parse the upgrade request itself after h11 routed it,
+    without reaching into either library.
+    """
+
+    inner: trio.abc.Stream
+    prefix: bytes
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.prefix:
+            if max_bytes is None or max_bytes >= len(self.prefix):
+                data, self.prefix = self.prefix, b""
+            else:
+                data, self.prefix = self.prefix[:max_bytes], self.prefix[max_bytes:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,144 @@
+"""Client frames → typed requests (sans-IO).
+
+A frame is either a *typed envelope* (a JSON object with a string ``type``) or
+a *legacy frame* (anything else), as PROTOCOL 3 describes. Decoding goes
+through one module-level ``msgspec`` decoder into a permissive
+:class:`Envelope` Struct: every field is ``Any`` so that a wrong type becomes
+the protocol's own soft error (``invalid chat_id``, ``missing content``)
+instead of a generic validation message, and unknown fields are ignored.
+
+Nothing here touches a socket, a clock or the hub; :mod:`trio_channel.session`
+turns requests into effects.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+import msgspec
+
+from .events import Error
+
+CHAT_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,64}")
+
+
+def valid_chat_id(value: object) -> bool:
+    """``chat_id`` must match ``^[A-Za-z0-9_:-]{1,64}$`` everywhere."""
+    return isinstance(value, str) and CHAT_ID_RE.fullmatch(value) is not None
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """Every field a client frame may carry, untyped on purpose (see module doc)."""
+
+    type: Any = None
+    chat_id: Any = None
+    content: Any = None
+    text: Any = None
+    message: Any = None
+    media: Any = None
+    webui: Any = None
+    cli_apps: Any = None
+    mcp_presets: Any = None
+    workspace_scope: Any = msgspec.UNSET
+    image_generation: Any = None
+    since_seq: Any = None
+
+
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+
+
+@attrs.frozen
+class LegacyContent:
+    """Plain content for the connection's default chat."""
+
+    content: str
+
+
+@attrs.frozen
+class NewChat:
+    #: ``msgspec.UNSET`` when the envelope had no ``workspace_scope``.
+    workspace_scope: Any
+
+
+@attrs.frozen
+class Attach:
+    chat_id: str
+    #: Replay persisted events after this ``seq`` (PROTOCOL 5); None: no replay.
+    since_seq: int | None
+
+
+@attrs.frozen
+class ChatMessage:
+    """A ``message`` envelope that passed steps 1-2 of PROTOCOL 3.2."""
+
+    chat_id: str
+    content: str
+    envelope: Envelope
+
+
+@attrs.frozen
+class SetWorkspaceScope:
+    chat_id: str
+    workspace_scope: Any
+
+
+Request = LegacyContent | NewChat | Attach | ChatMessage | SetWorkspaceScope
+
+INVALID_CHAT_ID = "invalid chat_id"
+MISSING_CONTENT = "missing content"
+
+
+def parse_frame(text: str) -> Request | Error | None:
+    """Classify one client text frame.
+
+    Returns a request, a soft :class:`~trio_channel.events.Error` to send back
+    to the sender, or None when the frame is to be ignored.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("{"):
+        return LegacyContent(stripped)
+    try:
+        env = _envelope_decoder.decode(stripped)
+    except msgspec.DecodeError:
+        # Not valid JSON (or nested beyond what the decoder accepts): PROTOCOL
+        # 3.1 makes the stripped text the content.
+        return LegacyContent(stripped)
+    if not isinstance(env.type, str):
+        return _legacy_object(env)
+    return _typed(env)
+
+
+def _legacy_object(env: Envelope) -> LegacyContent | None:
+    for candidate in (env.content, env.text, env.message):
+        if isinstance(candidate, str) and candidate.strip():
+            return LegacyContent(candidate)
+    return None
+
+
+def _typed(env: Envelope) -> Request | Error:
+    kind = env.type
+    if kind == "message":
+        if not valid_chat_id(env.chat_id):
+            return Error(detail=INVALID_CHAT_ID)
+        if not isinstance(env.content, str):
+            return Error(detail=MISSING_CONTENT)
+        return ChatMessage(env.chat_id, env.content, env)
+    if kind == "new_chat":
+        return NewChat(env.workspace_scope)
+    if kind == "attach":
+        if not valid_chat_id(env.chat_id):
+            return Error(detail=INVALID_CHAT_ID)
+        since = env.since_seq
+        # bool is an int subclass; `true` is not a seq.
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            since = None
+        return Attach(env.chat_id, since)
+    if kind == "set_workspace_scope":
+        if not valid_chat_id(env.chat_id):
+            return Error(detail=INVALID_CHAT_ID)
+        return SetWorkspaceScope(env.chat_id, env.workspace_scope)
+    return Error(detail=f"unknown type: {kind!r}")
