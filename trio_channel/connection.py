@@ -58,6 +58,9 @@ class _CloseState:
     #: True while a ``send_all`` is in flight: cancelling it may leave a
     #: partial frame, after which a close frame would be garbage.
     writing: bool = False
+    #: The peer stopped answering: waiting for its closing handshake is
+    #: pointless, so the transport is dropped at once.
+    peer_dead: bool = False
 
     def decide(self, code: int, reason: str, scope: trio.CancelScope) -> None:
         if not self.decided:
@@ -85,6 +88,10 @@ async def run_connection(
             nursery.start_soon(_watchdog, outbox, limits, state, scope)
             await _reader(ws, session, outbox, inbound, limits, media_dir, state)
             state.decide(ws.closed.code if ws.closed else 1000, "", scope)
+    except* Exception:
+        # A bug in our own code: tell the client, then let the server log it.
+        state.code, state.reason = INTERNAL_ERROR, "internal error"
+        raise
     finally:
         session.close()
         outbox.close()
@@ -96,8 +103,8 @@ async def run_connection(
 async def _close(ws: WebSocketConnection, state: _CloseState) -> None:
     if ws.closed is not None:
         return
-    if state.writing:
-        # A frame may be half-written; the only clean thing left is to drop TCP.
+    if state.writing or state.peer_dead:
+        # A frame may be half-written, or nobody is listening: drop TCP.
         await abort(ws)
         return
     await ws.aclose(state.code, state.reason or None)
@@ -208,6 +215,7 @@ async def _heartbeat(
                 return
         if ping_scope.cancelled_caught:
             log.info("closing a connection: no pong within %ss", limits.ping_timeout_s)
+            state.peer_dead = True
             state.decide(INTERNAL_ERROR, "keepalive ping timeout", scope)
             return
 

@@ -69,6 +69,9 @@ async def read_request_head(
             conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Request):
+            # h11 bounds only an *incomplete* head; bound the complete one too.
+            if len(raw) - len(conn.trailing_data[0]) > max_bytes:
+                return BadRequest(431)
             headers: dict[str, str] = {}
             for name, value in event.headers:
                 key = name.decode("ascii").lower()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -60,6 +60,9 @@ class Channel:
     config: ChannelConfig
     bus: ServerBusEnds
     scope_policy: ScopePolicy = attrs.field(factory=DefaultScopePolicy)
+    #: Names the peer of an accepted stream; tests over memory streams pass
+    #: their own (a memory stream has no address).
+    peer_of: Callable[[trio.abc.Stream], Peer] = _listeners.peer_of
     hub: ChatHub[Outbox] = attrs.field(factory=ChatHub, init=False)
     tokens: IssuedTokenStore = attrs.field(init=False)
     open_connections: int = attrs.field(default=0, init=False)
@@ -111,7 +114,7 @@ class Channel:
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         try:
-            await self.handle_stream(stream, _listeners.peer_of(stream))
+            await self.handle_stream(stream, self.peer_of(stream))
         except* Exception:
             log.exception("connection task failed; the server goes on")
         finally:

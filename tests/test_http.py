@@ -1,0 +1,130 @@
+"""The HTTP front: reading request heads, upgrade detection, plain routes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+
+from trio_channel import ChannelConfig
+from trio_channel.auth import IssuedTokenStore
+from trio_channel.http import (
+    BadRequest,
+    ReplayStream,
+    RequestHead,
+    is_upgrade,
+    read_request_head,
+    response_bytes,
+)
+from trio_channel.routes import route_http
+
+HEAD = (
+    b"GET /ws/?client_id=a HTTP/1.1\r\nHost: example\r\nUpgrade: WebSocket\r\n"
+    b"Connection: keep-alive\r\nConnection: Upgrade\r\n\r\nTRAILING"
+)
+
+
+async def _read(data: bytes, chunk: int) -> RequestHead | BadRequest | None:
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def feed() -> None:
+            for i in range(0, len(data), chunk):
+                await send.send_all(data[i : i + chunk])
+            await send.aclose()
+
+        nursery.start_soon(feed)
+        return await read_request_head(receive)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+async def test_heads_are_read_whatever_the_chunking(chunk):
+    head = await _read(HEAD, chunk)
+    assert isinstance(head, RequestHead)
+    assert head.method == "GET"
+    assert head.target == "/ws/?client_id=a"
+    assert head.headers["connection"] == "keep-alive, Upgrade"
+    assert head.raw.startswith(HEAD[: HEAD.index(b"TRAILING")])
+    assert is_upgrade(head, "/ws")
+    assert not is_upgrade(head, "/")
+
+
+async def test_garbage_is_a_400_and_silence_is_none():
+    assert await _read(b"\x00\x01 not http\r\n\r\n", 4096) == BadRequest(400)
+    assert await _read(b"", 1) is None
+
+
+async def test_a_huge_head_is_a_431_even_when_complete():
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+    assert await _read(big, 65536) == BadRequest(431)
+
+
+async def test_replay_stream_yields_the_prefix_first():
+    a, b = trio.testing.memory_stream_pair()
+    replay = ReplayStream(b, b"hello ")
+    await a.send_all(b"world")
+    assert await replay.receive_some(3) == b"hel"
+    assert await replay.receive_some() == b"lo "
+    assert await replay.receive_some() == b"world"
+
+
+def _head(target: str, method: str = "GET", **headers: str) -> RequestHead:
+    return RequestHead(method, target, {k.lower(): v for k, v in headers.items()}, b"")
+
+
+@pytest.mark.parametrize(
+    ("head", "upgrade"),
+    [
+        (_head("/", Upgrade="websocket", Connection="Upgrade"), True),
+        (_head("/?x=1", Upgrade="foo, WebSocket", Connection="x, UPGRADE"), True),
+        (_head("/", Upgrade="websocket"), False),
+        (_head("/", Connection="upgrade"), False),
+        (_head("/", "POST", Upgrade="websocket", Connection="upgrade"), False),
+        (_head("/other", Upgrade="websocket", Connection="upgrade"), False),
+    ],
+)
+def test_upgrade_detection(head, upgrade):
+    assert is_upgrade(head, "/") is upgrade
+
+
+def _route(head: RequestHead, **cfg: object) -> tuple[int, bytes]:
+    answer = route_http(head, ChannelConfig(**cfg), IssuedTokenStore(ttl_s=300), 0.0)
+    return answer.status, answer.body
+
+
+def test_plain_routes():
+    assert _route(_head("/healthz")) == (200, b'{"status":"ok"}')
+    assert _route(_head("/api/sessions")) == (404, b"API route not found")
+    assert _route(_head("/")) == (404, b"Not Found")
+    assert _route(_head("/auth/token")) == (404, b"Not Found")  # route off
+
+
+def test_token_route():
+    cfg = {"token_issue_path": "/auth/token", "token_issue_secret": "sec"}
+    status, body = _route(_head("/auth/token/", Authorization="Bearer sec"), **cfg)
+    assert status == 200
+    payload = json.loads(body)
+    assert payload["token"].startswith("nbwt_") and payload["expires_in"] == 300
+    assert _route(_head("/auth/token", Authorization="Bearer no"), **cfg)[0] == 401
+    assert _route(_head("/auth/token", **{"X-Nanobot-Auth": "sec"}), **cfg)[0] == 200
+    assert _route(_head("/auth/token", "POST"), **cfg)[0] == 405
+
+
+def test_token_route_refuses_past_the_cap():
+    tokens = IssuedTokenStore(ttl_s=300, capacity=1)
+    cfg = ChannelConfig(token_issue_path="/t")
+    assert route_http(_head("/t"), cfg, tokens, 0.0).status == 200
+    refused = route_http(_head("/t"), cfg, tokens, 1.0)
+    assert (refused.status, refused.body) == (
+        429,
+        b'{"error":"too many outstanding tokens"}',
+    )
+
+
+def test_responses_close_the_connection():
+    out = response_bytes(404, b"Not Found")
+    assert out.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert b"connection: close" in out.lower()
+    assert out.endswith(b"\r\n\r\nNot Found")
