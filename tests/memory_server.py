@@ -23,6 +23,8 @@ from trio_channel.bus import AgentBusEnds
 from trio_channel.server import Channel
 from trio_channel.session import Peer
 
+LOOPBACK_PEER = Peer("127.0.0.1", 40000)
+
 StreamFactory = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
 
@@ -129,7 +131,7 @@ async def read_head(stream: trio.abc.Stream) -> bytes:
 @asynccontextmanager
 async def memory_server(
     *,
-    peer: Peer = Peer("127.0.0.1", 40000),
+    peer: Peer = LOOPBACK_PEER,
     **config: Any,
 ) -> AsyncIterator[MemoryServer]:
     """Run a Channel on a memory listener; the test plays the agent.

@@ -160,7 +160,7 @@ async def test_invalid_utf8_binary_is_ignored_and_valid_binary_is_text(autojump_
         client = await server.ws()
         await client.recv()
         await client.conn.send_message(b"\xff\xfe not utf-8")
-        await client.conn.send_message("binary hello".encode())
+        await client.conn.send_message(b"binary hello")
         inbound = await server.agent.inbound.receive()
         assert inbound.content == "binary hello"
 
@@ -217,9 +217,9 @@ async def test_a_client_past_the_hard_limit_is_closed_at_once(autojump_clock):
         start = trio.current_time()
         for i in range(100):
             await server.agent.outbound.send(Message(chat_id=chat_id, text=str(i)))
-        while server.channel.open_connections:
-            await trio.sleep(0.01)
-        assert trio.current_time() - start < 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.channel.open_connections == 0
+        assert trio.current_time() == start
 
 
 async def test_back_pressure_stops_reading_instead_of_buffering(autojump_clock):
