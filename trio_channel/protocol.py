@@ -13,6 +13,7 @@ turns requests into effects.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -101,15 +102,34 @@ def parse_frame(text: str) -> Request | Error | None:
         return None
     if not stripped.startswith("{"):
         return LegacyContent(stripped)
+    env: Envelope | None
     try:
         env = _envelope_decoder.decode(stripped)
-    except msgspec.DecodeError:
-        # Not valid JSON (or nested beyond what the decoder accepts): PROTOCOL
-        # 3.1 makes the stripped text the content.
-        return LegacyContent(stripped)
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
+        env = _decode_leniently(stripped)
+        if env is None:
+            # Not JSON we can read: PROTOCOL 3.1 makes the stripped text the
+            # content. The connection stays open whatever the frame was.
+            return LegacyContent(stripped)
     if not isinstance(env.type, str):
         return _legacy_object(env)
     return _typed(env)
+
+
+def _decode_leniently(text: str) -> Envelope | None:
+    """The slow path for what msgspec refuses but is still a JSON object.
+
+    msgspec rejects numbers beyond a float (``1e999``) and lone surrogates;
+    the standard library reads them (as ``inf``, and as is), like the
+    reference server does. Nesting too deep for either stays unreadable.
+    """
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            return None
+        return msgspec.convert(value, Envelope)
+    except (ValueError, RecursionError, msgspec.ValidationError):
+        return None
 
 
 def _legacy_object(env: Envelope) -> LegacyContent | None:

@@ -95,6 +95,6 @@ async def answer(
                 media=list(message.media) or None,
             )
         )
-    latency_ms = int((trio.current_time() - started) * 1000)
+    latency_ms = round((trio.current_time() - started) * 1000)
     await outbound.send(TurnEnd(chat_id=chat_id, latency_ms=latency_ms))
     await outbound.send(GoalStatus(chat_id=chat_id, status="idle"))
