@@ -9,6 +9,7 @@ reading, send half a request head).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -136,10 +137,19 @@ async def memory_server(
 ) -> AsyncIterator[MemoryServer]:
     """Run a Channel on a memory listener; the test plays the agent.
 
-    Token checks are off unless the test turns them on.
+    Token checks are off unless the test turns them on; the session store is
+    in memory and ``data_dir`` a fresh temporary directory unless given.
     """
     config.setdefault("websocket_requires_token", False)
-    cfg = ChannelConfig(**config)
+    config.setdefault("session_store", "memory")
+    with tempfile.TemporaryDirectory() as data_dir:
+        config.setdefault("data_dir", data_dir)
+        async with _serving(ChannelConfig(**config), peer) as server:
+            yield server
+
+
+@asynccontextmanager
+async def _serving(cfg: ChannelConfig, peer: Peer) -> AsyncIterator[MemoryServer]:
     server_ends, agent_ends = open_bus(cfg.bus_capacity)
     channel = Channel(cfg, server_ends, peer_of=lambda _stream: peer)
     listener = MemoryListener()

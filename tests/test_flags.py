@@ -45,6 +45,10 @@ CASES: list[tuple[list[str], str, object]] = [
     (["--rate-limit", "0"], "rate_limit", 0.0),
     (["--slow-consumer-timeout", "3"], "slow_consumer_timeout_s", 3.0),
     (["--shutdown-grace", "1.5"], "shutdown_grace_s", 1.5),
+    (["--session-store", "memory"], "session_store", "memory"),
+    (["--history-limit", "50"], "history_limit", 50),
+    (["--workspace", "/srv/ws"], "workspace_dir", "/srv/ws"),
+    (["--no-webui"], "webui", False),
 ]
 
 

@@ -33,7 +33,12 @@ async def test_ready_first_then_messages_reach_the_agent(autojump_clock):
         assert inbound.metadata["remote"] == "127.0.0.1:40000"
         await server.agent.outbound.send(Message(chat_id=inbound.chat_id, text="hi!"))
         reply = await client.recv()
-        assert reply == {"event": "message", "chat_id": ready["chat_id"], "text": "hi!"}
+        assert reply == {
+            "event": "message",
+            "chat_id": ready["chat_id"],
+            "text": "hi!",
+            "seq": 1,
+        }
 
 
 async def test_a_client_that_never_answers_pings_is_dropped(autojump_clock):
@@ -297,4 +302,4 @@ async def test_a_bad_agent_event_is_dropped_and_logged(autojump_clock, caplog):
             await server.agent.outbound.send({"not": "an event"})  # type: ignore[arg-type]
             await server.agent.outbound.send(TurnEnd(chat_id=chat_id, latency_ms=3))
             assert (await client.recv())["event"] == "turn_end"
-        assert "dropping an event" in caplog.text
+        assert "dropping an object that is not an event" in caplog.text

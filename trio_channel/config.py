@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -70,6 +70,10 @@ class ChannelConfig(
     bus_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     rate_limit: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 100.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
+    session_store: Literal["sqlite", "memory"] = "sqlite"
+    history_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+    workspace_dir: str = ""
+    webui: bool = True
 
 
 #: Every field name, in the snake_case the Struct uses.
@@ -327,8 +331,14 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
     if not cfg.data_dir:
         raise ConfigError("data_dir", "must not be empty")
     data_dir = _expand("data_dir", cfg.data_dir)
+    workspace_dir = cfg.workspace_dir
+    if workspace_dir:
+        workspace_dir = _expand("workspace_dir", workspace_dir)
+        if not Path(workspace_dir).is_dir():
+            raise ConfigError("workspace_dir", f"not a directory: {workspace_dir}")
     return msgspec.structs.replace(
         cfg,
+        workspace_dir=workspace_dir,
         unix_socket_path=unix_socket_path,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,

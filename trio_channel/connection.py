@@ -18,11 +18,12 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ._wire import abort, send_framed, text_frame
 from .bus import InboundMessage
-from .events import ServerEvent, encode_event
+from .events import Error, ServerEvent, encode_event
 from .media import MediaRejected, check_media, discard_media, save_media
 from .outbox import Outbox
 from .protocol import ChatMessage
-from .session import ClientSession, Effects, NeedsMedia
+from .session import ClientSession, Effects, NeedsMedia, Replay
+from .store import SessionStore
 
 log = logging.getLogger("trio_channel.connection")
 
@@ -33,6 +34,9 @@ TRY_AGAIN_LATER = 1013
 
 #: How long the closing handshake may take once we decided to close.
 CLOSE_TIMEOUT_S = 5.0
+#: Events read from the store per replay step.
+REPLAY_BATCH = 256
+HISTORY_TRUNCATED = "history_truncated"
 
 
 def frame(event: ServerEvent) -> bytes:
@@ -74,6 +78,7 @@ async def run_connection(
     outbox: Outbox,
     *,
     inbound: trio.MemorySendChannel[InboundMessage],
+    store: SessionStore,
     limits: ConnectionLimits,
     media_dir: Path,
 ) -> int:
@@ -86,7 +91,7 @@ async def run_connection(
             nursery.start_soon(_writer, ws, outbox, state, scope)
             nursery.start_soon(_heartbeat, ws, limits, state, scope)
             nursery.start_soon(_watchdog, outbox, limits, state, scope)
-            await _reader(ws, session, outbox, inbound, limits, media_dir, state)
+            await _reader(ws, session, outbox, inbound, store, limits, media_dir, state)
             state.decide(ws.closed.code if ws.closed else 1000, "", scope)
     except* Exception:
         # A bug in our own code: tell the client, then let the server log it.
@@ -115,6 +120,7 @@ async def _reader(
     session: ClientSession,
     outbox: Outbox,
     inbound: trio.MemorySendChannel[InboundMessage],
+    store: SessionStore,
     limits: ConnectionLimits,
     media_dir: Path,
     state: _CloseState,
@@ -145,8 +151,10 @@ async def _reader(
         if isinstance(effects, NeedsMedia):
             effects = await _with_media(session, effects.request, media_dir)
         outbox.put_many([frame(e) for e in effects.replies])
+        if effects.replay is not None:
+            await _replay(store, outbox, effects.replay)
         if effects.deliver is not None:
-            await _deliver(inbound, effects.deliver, state)
+            await _deliver(inbound, store, effects.deliver)
 
 
 async def _with_media(
@@ -163,12 +171,51 @@ async def _with_media(
     return effects
 
 
+async def _replay(store: SessionStore, outbox: Outbox, replay: Replay) -> None:
+    """Send the chat's persisted events after ``after_seq``, then go live.
+
+    Reads in batches and waits for the client to drain between them. The
+    hand-over is gap-free: ``read_events`` returns without a checkpoint after
+    merging the events still in flight, and the cursor goes live in that same
+    step, so the next event the dispatcher publishes is admitted live.
+    """
+    cursor = replay.cursor
+    page = await store.read_events(replay.chat_id, replay.after_seq, REPLAY_BATCH)
+    if page.first_seq > replay.after_seq + 1:
+        outbox.put(
+            frame(
+                Error(
+                    detail=HISTORY_TRUNCATED,
+                    chat_id=replay.chat_id,
+                    first_seq=page.first_seq,
+                )
+            )
+        )
+    while True:
+        for seq, payload in page.events:
+            outbox.put(text_frame(payload))
+            cursor.next_seq = seq + 1
+        if len(page.events) < REPLAY_BATCH:
+            cursor.live = True
+            break
+        await outbox.wait_for_room()
+        page = await store.read_events(
+            replay.chat_id, cursor.next_seq - 1, REPLAY_BATCH
+        )
+    outbox.put_many([frame(e) for e in replay.then])
+
+
 async def _deliver(
     inbound: trio.MemorySendChannel[InboundMessage],
+    store: SessionStore,
     message: InboundMessage,
-    state: _CloseState,
 ) -> None:
     try:
+        # The user's message joins the chat's history, then goes to the agent.
+        await store.wait_for_room()
+        store.append_user_message(
+            message.chat_id, message.client_id, message.content, message.media
+        )
         # Blocks while the agent is behind: we stop reading this socket.
         await inbound.send(message)
     except BaseException:

@@ -48,6 +48,16 @@ FLAG_FOR_FIELD: Mapping[str, str] = {
     "rate_limit": "--rate-limit",
     "slow_consumer_timeout_s": "--slow-consumer-timeout",
     "shutdown_grace_s": "--shutdown-grace",
+    "session_store": "--session-store",
+    "history_limit": "--history-limit",
+    "workspace_dir": "--workspace",
+    "webui": "--no-webui",
+}
+
+# Boolean fields that a flag can only turn off: field -> help.
+_SWITCHES_OFF: Mapping[str, str] = {
+    "websocket_requires_token": "accept WebSocket clients without a token",
+    "webui": "do not serve the bundled chat page",
 }
 
 # field -> (type, metavar, help). Types only parse; bounds are checked once,
@@ -77,6 +87,13 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
         "close (1013) a connection whose send queue stays full this long",
     ),
     "shutdown_grace_s": (float, "SECONDS", "time clients get to close on shutdown"),
+    "session_store": (str, "KIND", "sqlite (in data_dir) or memory (nothing kept)"),
+    "history_limit": (int, "N", "persisted events kept per chat"),
+    "workspace_dir": (
+        str,
+        "DIR",
+        "local images in agent markdown are served from here",
+    ),
 }
 
 
@@ -104,15 +121,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                 help="admit this client_id; repeat for more, '*' for all "
                 "(sets allow_from)",
             )
-        elif field == "websocket_requires_token":
+        elif field in _SWITCHES_OFF:
             parser.add_argument(
                 flag,
                 dest=field,
                 action="store_const",
                 const=False,
                 default=None,
-                help="accept WebSocket clients without a token "
-                "(sets websocket_requires_token=false)",
+                help=f"{_SWITCHES_OFF[field]} (sets {field}=false)",
             )
         else:
             kind, metavar, text = _VALUED[field]

@@ -13,7 +13,7 @@ outbox). Iteration order is subscription order, so tests are deterministic.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -43,9 +43,37 @@ MAX_STREAM_CHARS = 16 * 1024 * 1024
 _key_encoder = msgspec.json.Encoder()
 
 
+@attrs.define(eq=False)
+class Cursor:
+    """Where one connection stands in one chat's event log.
+
+    A live cursor admits each persisted event at or after ``next_seq`` and
+    moves past it, so an event already sent (say, by a replay) is never sent
+    twice. A cursor that is not live is catching up from the store; the
+    dispatcher skips it until the replay hands over (see ``connection.py``).
+    """
+
+    live: bool = True
+    next_seq: int = 0
+
+    def admit(self, seq: int) -> bool:
+        if not self.live or seq < self.next_seq:
+            return False
+        self.next_seq = seq + 1
+        return True
+
+
+@attrs.frozen
+class ChatSeed:
+    """Persisted chat state the hub loads when it first sees a chat."""
+
+    workspace_scope: Any = None
+    goal_state: dict[str, Any] | None = None
+
+
 @attrs.define
 class ChatState(Generic[S]):
-    subscribers: dict[S, None] = attrs.field(factory=dict)
+    subscribers: dict[S, Cursor] = attrs.field(factory=dict)
     workspace_scope: Any = None
     goal_state: dict[str, Any] | None = None
     #: Unix seconds when the running turn started; None when idle.
@@ -91,6 +119,10 @@ class StreamBuffers:
         if size + len(text) <= self.max_chars:
             parts.append(text)
             self._sizes[key] = size + len(text)
+        else:
+            # Past the bound the buffer stops growing for good: appending a
+            # later, smaller chunk would leave a hole in the assembled text.
+            self._sizes[key] = self.max_chars + 1
 
     def finish(self, chat_id: str, stream_id: Any) -> str:
         """Close a stream and return its whole text ("" if never started)."""
@@ -112,6 +144,10 @@ class ChatHub(Generic[S]):
     connections: dict[S, set[str]] = attrs.field(factory=dict)
     streams: StreamBuffers = attrs.field(factory=StreamBuffers)
     model_name: str | None = None
+    #: Loads persisted state of a chat the hub has not seen (or forgot).
+    load_chat: Callable[[str], ChatSeed | None] | None = None
+    #: Told when a chat's scope or goal state changes, to persist it.
+    on_change: Callable[[str, ChatState[S]], None] | None = None
 
     # --- connections and subscriptions -------------------------------
 
@@ -126,23 +162,54 @@ class ChatHub(Generic[S]):
                 chat.subscribers.pop(sub, None)
                 self._maybe_forget(chat_id, chat)
 
-    def subscribe(self, sub: S, chat_id: str) -> None:
+    def subscribe(
+        self, sub: S, chat_id: str, *, replay_after: int | None = None
+    ) -> Cursor:
+        """Subscribe ``sub``; with ``replay_after`` its cursor starts catching up."""
         chats = self.connections.get(sub)
         if chats is None:
             raise KeyError("subscribe() before register()")
         chats.add(chat_id)
-        self.chat(chat_id).subscribers[sub] = None
+        subscribers = self.chat(chat_id).subscribers
+        cursor = subscribers.get(sub)
+        if cursor is None:
+            cursor = subscribers[sub] = Cursor()
+        if replay_after is not None:
+            cursor.live, cursor.next_seq = False, replay_after + 1
+        return cursor
 
     def subscribers(self, chat_id: str) -> Iterable[S]:
         chat = self.chats.get(chat_id)
         return chat.subscribers.keys() if chat is not None else ()
 
+    def cursors(self, chat_id: str) -> Iterable[tuple[S, Cursor]]:
+        chat = self.chats.get(chat_id)
+        return chat.subscribers.items() if chat is not None else ()
+
     def chat(self, chat_id: str) -> ChatState[S]:
         chat = self.chats.get(chat_id)
         if chat is None:
             chat = self.chats[chat_id] = ChatState()
-            self._evict_idle()
+            seed = self.load_chat(chat_id) if self.load_chat is not None else None
+            if seed is not None:
+                chat.workspace_scope, chat.goal_state = (
+                    seed.workspace_scope,
+                    seed.goal_state,
+                )
+            self._evict_idle(keep=chat_id)
         return chat
+
+    def set_scope(self, chat_id: str, scope: Any) -> None:
+        chat = self.chat(chat_id)
+        chat.workspace_scope = scope
+        if self.on_change is not None:
+            self.on_change(chat_id, chat)
+
+    def set_goal_state(self, chat_id: str, goal_state: dict[str, Any] | None) -> None:
+        chat = self.chat(chat_id)
+        chat.goal_state = goal_state or None
+        if self.on_change is not None:
+            self.on_change(chat_id, chat)
 
     def is_running(self, chat_id: str) -> bool:
         chat = self.chats.get(chat_id)
@@ -152,9 +219,16 @@ class ChatHub(Generic[S]):
 
     def targets(self, event: AgentEvent) -> Iterable[S]:
         """Who receives ``event``; also updates state the event carries."""
+        self.observe(event)
+        if isinstance(event, RuntimeModelUpdated):
+            return self.connections.keys()
+        return self.subscribers(event.chat_id)
+
+    def observe(self, event: AgentEvent) -> None:
+        """Update the state an agent event carries (model, turn, goal, scope)."""
         if isinstance(event, RuntimeModelUpdated):
             self.model_name = event.model_name
-            return self.connections.keys()
+            return
         chat_id = event.chat_id
         if isinstance(event, Delta):
             self.streams.append(chat_id, event.stream_id, event.text)
@@ -165,13 +239,12 @@ class ChatHub(Generic[S]):
             )
         elif isinstance(event, GoalState | TurnEnd) and event.goal_state is not None:
             # turn_end may carry the goal state the turn ended with.
-            self.chat(chat_id).goal_state = event.goal_state or None
+            self.set_goal_state(chat_id, event.goal_state)
         elif (
             isinstance(event, SessionUpdated)
             and event.workspace_scope is not msgspec.UNSET
         ):
-            self.chat(chat_id).workspace_scope = event.workspace_scope
-        return self.subscribers(chat_id)
+            self.set_scope(chat_id, event.workspace_scope)
 
     def finish_stream(self, event: StreamEnd) -> str:
         return self.streams.finish(event.chat_id, event.stream_id)
@@ -198,13 +271,15 @@ class ChatHub(Generic[S]):
         if chat.idle():
             del self.chats[chat_id]
 
-    def _evict_idle(self) -> None:
+    def _evict_idle(self, keep: str) -> None:
         if len(self.chats) <= self.max_chats:
             return
-        # Oldest first; chats with subscribers or state are kept.
+        # Oldest first; chats with subscribers or a running turn are kept, and
+        # so is the chat being created. Scope and goal state of an evicted
+        # chat come back from the store through ``load_chat``.
         for chat_id in list(self.chats):
             if len(self.chats) <= self.max_chats:
                 break
             chat = self.chats[chat_id]
-            if not chat.subscribers and chat.running_since is None:
+            if chat_id != keep and not chat.subscribers and chat.running_since is None:
                 del self.chats[chat_id]

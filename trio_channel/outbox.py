@@ -30,6 +30,9 @@ class Outbox:
     _watch_lot: trio.lowlevel.ParkingLot = attrs.field(
         factory=trio.lowlevel.ParkingLot, init=False
     )
+    _room_lot: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
     #: trio time at which the queue became full; None while not full.
     full_since: float | None = attrs.field(default=None, init=False)
     overflowed: bool = attrs.field(default=False, init=False)
@@ -71,6 +74,7 @@ class Outbox:
         frames = self._frames
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         frames.clear()
+        self._room_lot.unpark_all()
         if self.full_since is not None:
             self.full_since = None
             self._watch_lot.unpark_all()
@@ -81,6 +85,16 @@ class Outbox:
         self.closed = True
         self._writer_lot.unpark_all()
         self._watch_lot.unpark_all()
+        self._room_lot.unpark_all()
+
+    async def wait_for_room(self) -> None:
+        """Wait until the queue is below its soft limit (used by replays, which
+        produce many frames and must not push a healthy client over the hard
+        limit)."""
+        while len(self._frames) >= self.soft_limit and not (
+            self.closed or self.overflowed
+        ):
+            await self._room_lot.park()
 
     async def wait_until_stalled(self, stall_s: float) -> None:
         """Return once the queue overflowed or stayed full for ``stall_s``."""

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import attrs
+import msgspec
 import trio
 import trio_websocket
 
@@ -24,7 +27,7 @@ from .auth import Accept, IssuedTokenStore, decide_handshake, split_target
 from .bus import ServerBusEnds
 from .config import ChannelConfig
 from .connection import ConnectionLimits, run_connection
-from .events import AgentEvent, StreamEnd, encode_event
+from .events import AgentEvent, RuntimeModelUpdated, StreamEnd, encode_event
 from .http import (
     BadRequest,
     ReplayStream,
@@ -33,17 +36,22 @@ from .http import (
     read_request_head,
     respond,
 )
-from .hub import ChatHub
+from .hub import ChatHub, ChatSeed, ChatState
 from .outbox import Outbox
 from .routes import route_http
 from .scope import DefaultScopePolicy, ScopePolicy
 from .session import ClientSession, Peer
+from .store import SessionStore
 
 log = logging.getLogger("trio_channel.server")
 
 #: trio-websocket's own inbox, between its reader task and ours. Small: the
 #: bound that matters is the bus, and a full inbox stops reading the socket.
 WS_INBOX_MESSAGES = 4
+#: The SQLite file of the session store, inside ``data_dir``.
+STORE_FILE = "sessions.sqlite3"
+#: Everything an agent may send (checked before anything else touches it).
+AGENT_EVENT_TYPES = typing.get_args(AgentEvent)
 #: A connection is closed at once when its queue reaches this many times the
 #: ``send_queue_frames`` soft limit.
 HARD_LIMIT_FACTOR = 4
@@ -63,12 +71,34 @@ class Channel:
     #: Names the peer of an accepted stream; tests over memory streams pass
     #: their own (a memory stream has no address).
     peer_of: Callable[[trio.abc.Stream], Peer] = _listeners.peer_of
-    hub: ChatHub[Outbox] = attrs.field(factory=ChatHub, init=False)
+    hub: ChatHub[Outbox] = attrs.field(init=False)
+    store: SessionStore = attrs.field(init=False)
     tokens: IssuedTokenStore = attrs.field(init=False)
     open_connections: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.tokens = IssuedTokenStore(ttl_s=self.config.token_ttl_s)
+        cfg = self.config
+        self.tokens = IssuedTokenStore(ttl_s=cfg.token_ttl_s)
+        self.store = SessionStore(
+            path=(
+                ":memory:"
+                if cfg.session_store == "memory"
+                else str(Path(cfg.data_dir).expanduser() / STORE_FILE)
+            ),
+            history_limit=cfg.history_limit,
+        )
+        self.hub = ChatHub(load_chat=self._load_chat, on_change=self._chat_changed)
+
+    def _load_chat(self, chat_id: str) -> ChatSeed | None:
+        meta = self.store.chat(chat_id)
+        if meta is None:
+            return None
+        return ChatSeed(meta.workspace_scope, meta.goal_state)
+
+    def _chat_changed(self, chat_id: str, chat: ChatState[Outbox]) -> None:
+        self.store.update_chat(
+            chat_id, workspace_scope=chat.workspace_scope, goal_state=chat.goal_state
+        )
 
     @property
     def media_dir(self) -> Path:
@@ -100,6 +130,9 @@ class Channel:
     ) -> None:
         """Serve on listeners you opened yourself (tests use memory listeners)."""
         async with trio.open_nursery() as nursery:
+            # The store loads every chat before the first client can attach;
+            # cancelled last of all, it commits what is queued on the way out.
+            await nursery.start(self.store.run)
             nursery.start_soon(self._dispatch)
             async with trio.open_nursery() as connections:
                 await connections.start(
@@ -194,12 +227,13 @@ class Channel:
             session,
             outbox,
             inbound=self.bus.inbound,
+            store=self.store,
             limits=ConnectionLimits(
                 max_message_bytes=cfg.max_message_bytes,
                 ping_interval_s=cfg.ping_interval_s,
                 ping_timeout_s=cfg.ping_timeout_s,
                 slow_consumer_timeout_s=cfg.slow_consumer_timeout_s,
-                close_timeout_s=min(cfg.shutdown_grace_s, 5.0) or 0.1,
+                close_timeout_s=cfg.shutdown_grace_s or 0.1,
             ),
             media_dir=self.media_dir,
         )
@@ -207,27 +241,63 @@ class Channel:
     # --- agent → clients ----------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Fan every agent event out; never waits on a client socket."""
+        """Fan every agent event out; never waits on a client socket.
+
+        It waits only when the store's write queue is full (back-pressure on
+        the agent), never per event.
+        """
+        store = self.store
         async with self.bus.outbound:
             async for event in self.bus.outbound:
+                if not isinstance(event, AGENT_EVENT_TYPES):
+                    log.error("dropping an object that is not an event: %r", event)
+                    continue
                 try:
                     self.publish(event)
-                except (TypeError, ValueError, AttributeError):
+                except (TypeError, ValueError, msgspec.EncodeError):
                     log.exception("dropping an event the agent sent: %r", event)
+                if store.queue_depth >= store.queue_size:
+                    await store.wait_for_room()
 
     def publish(self, event: AgentEvent) -> int:
         """Encode ``event`` once and queue the same frame for every target.
 
-        Returns the number of connections it was queued for.
+        A persisted event first gets the chat's next ``seq`` and joins its
+        history (even with no subscriber). Returns how many connections the
+        frame was queued for.
         """
-        targets = self.hub.targets(event)
+        hub = self.hub
+        hub.observe(event)
+        if isinstance(event, RuntimeModelUpdated):
+            data = text_frame(encode_event(event))
+            return _put_all(hub.connections, data)
+        chat_id = event.chat_id
         if isinstance(event, StreamEnd):
-            # The assembled text is where the markdown media rewrite will plug
-            # in; unchanged text is not repeated on the wire (PROTOCOL 4).
-            self.hub.finish_stream(event)
-        data = text_frame(encode_event(event))
+            # The assembled text is where the markdown media rewrite plugs in;
+            # unchanged text is not repeated on the wire (PROTOCOL 4).
+            hub.finish_stream(event)
+        if not event.persisted:
+            data = text_frame(encode_event(event))
+            return _put_all((o for o, c in hub.cursors(chat_id) if c.live), data)
+        seq, payload = self.store.append_event(
+            chat_id, partial(_encode_with_seq, event)
+        )
+        data = text_frame(payload)
         count = 0
-        for outbox in targets:
-            outbox.put(data)
-            count += 1
+        for outbox, cursor in hub.cursors(chat_id):
+            if cursor.admit(seq):
+                outbox.put(data)
+                count += 1
         return count
+
+
+def _encode_with_seq(event: AgentEvent, seq: int) -> bytes:
+    return encode_event(msgspec.structs.replace(event, seq=seq))
+
+
+def _put_all(outboxes: Iterable[Outbox], data: bytes) -> int:
+    count = 0
+    for outbox in outboxes:
+        outbox.put(data)
+        count += 1
+    return count

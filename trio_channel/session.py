@@ -23,7 +23,7 @@ from .auth import allow_list_admits
 from .bus import InboundMessage
 from .config import ChannelConfig
 from .events import Attached, Error, Ready, ServerEvent, SessionUpdated
-from .hub import ChatHub
+from .hub import ChatHub, Cursor
 from .protocol import (
     MISSING_CONTENT,
     Attach,
@@ -81,6 +81,21 @@ class Effects:
 
     replies: list[ServerEvent] = attrs.field(factory=list)
     deliver: InboundMessage | None = None
+    replay: Replay | None = None
+
+
+@attrs.frozen
+class Replay:
+    """Replay ``chat_id`` after ``after_seq`` from the store, then go live.
+
+    The subscription's ``cursor`` is not live until the replay hands over;
+    ``then`` (hydration) is sent after the replayed events.
+    """
+
+    chat_id: str
+    after_seq: int
+    cursor: Cursor
+    then: list[ServerEvent]
 
 
 def _new_chat_id() -> str:
@@ -168,7 +183,8 @@ class ClientSession:
             decision = self._resolve_scope(request.chat_id, env.workspace_scope)
             if isinstance(decision, ScopeRejected):
                 return Effects([self._scope_error(decision, request.chat_id)])
-            scope = self.hub.chat(request.chat_id).workspace_scope = decision.scope
+            scope = decision.scope
+            self.hub.set_scope(request.chat_id, scope)
         meta = metadata.build_metadata(
             remote=str(self.peer),
             webui=env.webui,
@@ -211,7 +227,7 @@ class ClientSession:
                 return Effects([self._scope_error(decision, None)])
             scope = decision.scope
         chat_id = _new_chat_id()
-        self.hub.chat(chat_id).workspace_scope = scope
+        self.hub.set_scope(chat_id, scope)
         self.hub.subscribe(self.key, chat_id)
         replies: list[ServerEvent] = [
             Attached(chat_id=chat_id),
@@ -221,16 +237,19 @@ class ClientSession:
         return Effects(replies)
 
     def _attach(self, request: Attach) -> Effects:
-        self.hub.subscribe(self.key, request.chat_id)
-        replies: list[ServerEvent] = [Attached(chat_id=request.chat_id)]
-        replies += self.hub.hydration(request.chat_id)
-        return Effects(replies)
+        chat_id, since = request.chat_id, request.since_seq
+        cursor = self.hub.subscribe(self.key, chat_id, replay_after=since)
+        attached: list[ServerEvent] = [Attached(chat_id=chat_id)]
+        hydration: list[ServerEvent] = list(self.hub.hydration(chat_id))
+        if since is None:
+            return Effects(attached + hydration)
+        return Effects(attached, replay=Replay(chat_id, since, cursor, hydration))
 
     def _set_scope(self, request: SetWorkspaceScope) -> Effects:
         decision = self._resolve_scope(request.chat_id, request.workspace_scope)
         if isinstance(decision, ScopeRejected):
             return Effects([self._scope_error(decision, request.chat_id)])
-        self.hub.chat(request.chat_id).workspace_scope = decision.scope
+        self.hub.set_scope(request.chat_id, decision.scope)
         return Effects(
             [
                 SessionUpdated(
