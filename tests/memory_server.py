@@ -154,12 +154,20 @@ async def _serving(cfg: ChannelConfig, peer: Peer) -> AsyncIterator[MemoryServer
     channel = Channel(cfg, server_ends, peer_of=lambda _stream: peer)
     listener = MemoryListener()
     serve_scope = trio.CancelScope()
+    stopped = trio.Event()
 
     async def serve(*, task_status: trio.TaskStatus[None]) -> None:
-        with serve_scope:
-            await channel.serve_listeners([listener], task_status=task_status)
+        try:
+            with serve_scope:
+                await channel.serve_listeners([listener], task_status=task_status)
+        finally:
+            stopped.set()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve)
         yield MemoryServer(channel, listener, agent_ends, nursery, serve_scope)
+        # Stop the server while the clients can still answer its close
+        # frames (as they would on SIGTERM), then cancel the clients.
+        serve_scope.cancel()
+        await stopped.wait()
         nursery.cancel_scope.cancel()

@@ -174,10 +174,15 @@ async def test_cancelling_serve_closes_clients_with_1001(autojump_clock):
     async with memory_server() as server:
         client = await server.ws()
         await client.recv()
+        start = trio.current_time()
         server.stop()
         with pytest.raises(trio_websocket.ConnectionClosed) as closed:
             await client.conn.get_message()
         assert closed.value.reason.code == 1001
+        # The closing handshake completed: no waiting out shutdown_grace_s.
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.channel.open_connections == 0
+        assert trio.current_time() == start
 
 
 async def _raw_subscriber(server) -> tuple[trio.abc.Stream, str]:

@@ -75,6 +75,9 @@ class Channel:
     store: SessionStore = attrs.field(init=False)
     tokens: IssuedTokenStore = attrs.field(init=False)
     open_connections: int = attrs.field(default=0, init=False)
+    #: Each running connection's cancel scope, so a drain can close them all.
+    _live: dict[Outbox, trio.CancelScope] = attrs.field(factory=dict, init=False)
+    _draining: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
@@ -128,20 +131,49 @@ class Channel:
         urls: list[str] | None = None,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve on listeners you opened yourself (tests use memory listeners)."""
-        async with trio.open_nursery() as nursery:
-            # The store loads every chat before the first client can attach;
-            # cancelled last of all, it commits what is queued on the way out.
-            await nursery.start(self.store.run)
-            nursery.start_soon(self._dispatch)
+        """Serve on listeners you opened yourself (tests use memory listeners).
+
+        Cancelling it drains: accepting stops, every connection is closed
+        with 1001 and gets ``shutdown_grace_s`` to finish its closing
+        handshake, and the store commits what is queued.
+        """
+        async with trio.open_nursery() as root:
+            # The store loads every chat before the first client can attach.
+            await root.start(self.store.run)
+            root.start_soon(self._dispatch)
+            # Connections live in a shielded nursery: cancelling serve() must
+            # not kill trio-websocket's reader tasks before the closing
+            # handshakes are done. _drain_on_cancel turns the cancellation
+            # into orderly closes and a hard deadline.
             async with trio.open_nursery() as connections:
-                await connections.start(
-                    trio.serve_listeners,
-                    self._handle_stream,
-                    list(listeners),
-                )
-                task_status.started(urls or [])
-            nursery.cancel_scope.cancel()
+                connections.cancel_scope.shield = True
+                accepting = trio.CancelScope()
+                root.start_soon(self._drain_on_cancel, accepting, connections)
+                with accepting:
+                    async with trio.open_nursery() as accept_loops:
+                        await accept_loops.start(
+                            partial(
+                                trio.serve_listeners,
+                                self._handle_stream,
+                                list(listeners),
+                                handler_nursery=connections,
+                            )
+                        )
+                        task_status.started(urls or [])
+
+    async def _drain_on_cancel(
+        self, accepting: trio.CancelScope, connections: trio.Nursery
+    ) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._draining = True
+            accepting.cancel()
+            for body in list(self._live.values()):
+                body.cancel()
+            connections.cancel_scope.deadline = (
+                trio.current_time() + self.config.shutdown_grace_s
+            )
 
     # --- connections -----------------------------------------------------------
 
@@ -222,6 +254,22 @@ class Channel:
             scope_policy=self.scope_policy,
             wall_clock=time.time,
         )
+        if self._draining:
+            return
+        with trio.CancelScope() as body:
+            self._live[outbox] = body
+            try:
+                await self._run_connection(ws, session, outbox)
+            finally:
+                del self._live[outbox]
+
+    async def _run_connection(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        session: ClientSession,
+        outbox: Outbox,
+    ) -> None:
+        cfg = self.config
         await run_connection(
             ws,
             session,
