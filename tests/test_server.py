@@ -111,7 +111,7 @@ async def test_handshake_refusals(autojump_clock, config, target, status, body):
 
 
 async def test_upgrade_on_another_path_is_plain_http(autojump_clock):
-    async with memory_server(path="/ws") as server:
+    async with memory_server(path="/ws", webui=False) as server:
         status, body = await server.http(upgrade_request("/elsewhere"))
         assert (status, body) == (404, b"Not Found")
         client = await server.ws("/ws/?client_id=x")

@@ -95,6 +95,18 @@ class IssuedTokenStore:
         self._expiry[token] = now + self.ttl_s
         return token
 
+    def adopt(self, token: str, now: float) -> bool:
+        """Accept a token minted by another store until ``now + ttl_s``.
+
+        Bootstrap tokens live in two stores: spent by one WebSocket upgrade in
+        one, valid as an API token until expiry in the other. False at capacity.
+        """
+        self._purge(now)
+        if len(self._expiry) >= self.capacity:
+            return False
+        self._expiry[token] = now + self.ttl_s
+        return True
+
     def consume(self, token: str | None, now: float) -> bool:
         """Spend ``token``: ``True`` (and forgotten) if it was valid.
 

@@ -26,6 +26,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    426: "Upgrade Required",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
@@ -41,6 +42,8 @@ class RequestHead:
     headers: dict[str, str]
     #: Every byte read from the stream so far (the head and anything after).
     raw: bytes
+    #: The bytes read past the head (a client may send its first frame early).
+    trailing: bytes = b""
 
 
 @attrs.frozen
@@ -82,6 +85,7 @@ async def read_request_head(
                 target=event.target.decode("latin-1"),
                 headers=headers,
                 raw=bytes(raw),
+                trailing=conn.trailing_data[0],
             )
         # ConnectionClosed before a full head, or anything unexpected.
         return None
@@ -96,6 +100,33 @@ def is_upgrade(head: RequestHead, path: str) -> bool:
         and "websocket" in head.headers.get("upgrade", "").lower()
         and "upgrade" in head.headers.get("connection", "").lower()
     )
+
+
+def upgrade_request_bytes(head: RequestHead) -> bytes | BadRequest:
+    """The upgrade re-written in the one shape trio-websocket accepts.
+
+    Our rules decide what an upgrade is (PROTOCOL 1: ``Upgrade`` *contains*
+    websocket, ``Connection`` *contains* upgrade); wsproto is stricter (it
+    wants ``Upgrade: websocket`` exactly). So we check what a handshake
+    cannot do without, answer those errors ourselves (instead of leaving a
+    connection slot waiting on a handshake that will never come), and hand
+    trio-websocket a canonical head, followed by any bytes read past it.
+    Subprotocols and extensions are dropped: we negotiate neither, so frames
+    are never compressed and are the same bytes for every subscriber.
+    """
+    key = head.headers.get("sec-websocket-key", "").strip()
+    version = head.headers.get("sec-websocket-version", "").strip()
+    host = head.headers.get("host", "")
+    if not key or not host or "," in key or "," in host:
+        return BadRequest(400)
+    if version != "13":
+        return BadRequest(426 if version else 400)
+    canonical = (
+        f"GET {head.target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return canonical.encode("latin-1") + head.trailing
 
 
 def response_bytes(

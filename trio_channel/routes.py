@@ -1,17 +1,39 @@
-"""Plain HTTP routes on the WebSocket port (sans-IO: head in, response out).
+"""Plain HTTP routes on the WebSocket port: the pure decisions (PROTOCOL 6).
 
-Today: the token-issue route, ``/healthz``, and the 404s of PROTOCOL 6. The
-session API, media and the chat page join this table in later work.
+Everything here is sans-IO: a request head (or parts of it) in, a value out.
+:mod:`trio_channel.api` does the I/O (store reads, files, sockets) around
+these functions, so the rules that matter for security (who may call what,
+which session key is valid, which byte range is served) are tested without a
+socket.
+
+- :func:`match_route` names the endpoint a path addresses and the methods it
+  allows; :func:`route_http` answers the routes that need nothing but the
+  config and the token store (token issue, ``/healthz``, 404s).
+- Auth: :func:`bootstrap_refusal`, :func:`request_api_token`,
+  :func:`api_token_valid`.
+- Parsing: :func:`parse_session_key`, :func:`parse_since_seq`,
+  :func:`parse_range`, :func:`page_file_name`.
+- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`,
+  :func:`media_headers`, :func:`page_content_type`.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+from urllib.parse import unquote
+
 import attrs
 import msgspec
 
-from .auth import IssuedTokenStore, issue_route_authorized, split_target
+from .auth import IssuedTokenStore, issue_route_authorized, secret_matches, split_target
 from .config import ChannelConfig, normalize_path
 from .http import RequestHead
+from .media import IMAGE_MIMES, VIDEO_MIMES
+from .store import ChatMeta
 
 JSON = "application/json"
 _json = msgspec.json.Encoder()
@@ -35,37 +57,422 @@ def _json_response(status: int, value: object) -> HttpResponse:
 NOT_FOUND = _text(404, "Not Found")
 API_NOT_FOUND = _text(404, "API route not found")
 UNAUTHORIZED = _text(401, "Unauthorized")
+METHOD_NOT_ALLOWED = _text(405, "Method Not Allowed")
+BOOTSTRAP_LOCALHOST_ONLY = _text(403, "bootstrap is localhost-only")
+INVALID_SESSION_KEY = _text(400, "invalid session key")
+INVALID_SINCE_SEQ = _text(400, "invalid since_seq")
+SESSION_NOT_FOUND = _text(404, "session not found")
+MEDIA_NOT_FOUND = _text(404, "not found")
 TOO_MANY_TOKENS = _json_response(429, {"error": "too many outstanding tokens"})
 HEALTHY = _json_response(200, {"status": "ok"})
+
+# --- which endpoint --------------------------------------------------------
+
+
+class Endpoint(enum.Enum):
+    ISSUE_TOKEN = enum.auto()
+    HEALTHZ = enum.auto()
+    METRICS = enum.auto()
+    BOOTSTRAP = enum.auto()
+    SESSIONS = enum.auto()
+    #: ``DELETE /api/sessions/{key}``.
+    SESSION = enum.auto()
+    SESSION_MESSAGES = enum.auto()
+    #: ``GET /api/sessions/{key}/delete``.
+    SESSION_DELETE = enum.auto()
+    MEDIA = enum.auto()
+    API_NOT_FOUND = enum.auto()
+    #: Any other path: the chat page (when it is on).
+    PAGE = enum.auto()
+
+
+_GET: Final = ("GET",)
+_GET_HEAD: Final = ("GET", "HEAD")
+#: Methods each endpoint answers; any other gets 405 with ``Allow``.
+ALLOWED_METHODS: Final[Mapping[Endpoint, tuple[str, ...]]] = {
+    Endpoint.ISSUE_TOKEN: _GET,
+    Endpoint.HEALTHZ: _GET_HEAD,
+    Endpoint.METRICS: _GET,
+    Endpoint.BOOTSTRAP: _GET,
+    Endpoint.SESSIONS: _GET,
+    Endpoint.SESSION: ("DELETE",),
+    Endpoint.SESSION_MESSAGES: _GET,
+    Endpoint.SESSION_DELETE: _GET,
+    Endpoint.MEDIA: _GET_HEAD,
+    Endpoint.PAGE: _GET_HEAD,
+}
+
+BOOTSTRAP_PATHS: Final = frozenset({"/webui/bootstrap", "/api/bootstrap"})
+
+
+@attrs.frozen
+class Match:
+    """The endpoint a path names, with its raw (still percent-encoded) parts.
+
+    ``args`` is ``(key,)`` for the session routes, ``(sig, payload)`` for
+    media, ``(segment,)`` for the page (``""`` unless the path is a single
+    segment such as ``/app.js``), else ``()``.
+    """
+
+    endpoint: Endpoint
+    args: tuple[str, ...] = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this endpoint answers; ``()`` means any (404 routes)."""
+        return ALLOWED_METHODS.get(self.endpoint, ())
+
+
+def match_route(cfg: ChannelConfig, raw_path: str) -> Match:
+    """Name the endpoint of a request path (no query), PROTOCOL 6.
+
+    Paths compare after :func:`normalize_path`. Segments are split *before*
+    any percent-decoding, so ``%2F`` inside a session key never makes a new
+    segment. The token-issue path wins over everything else.
+    """
+    path = normalize_path(raw_path)
+    if cfg.token_issue_path and path == normalize_path(cfg.token_issue_path):
+        return Match(Endpoint.ISSUE_TOKEN)
+    if path == "/healthz":
+        return Match(Endpoint.HEALTHZ)
+    if path == "/metrics":
+        return Match(Endpoint.METRICS)
+    if path in BOOTSTRAP_PATHS:
+        return Match(Endpoint.BOOTSTRAP)
+    if path == "/api" or path.startswith("/api/"):
+        match path.split("/")[2:]:
+            case ["sessions"]:
+                return Match(Endpoint.SESSIONS)
+            case ["sessions", key]:
+                return Match(Endpoint.SESSION, (key,))
+            case ["sessions", key, "messages"]:
+                return Match(Endpoint.SESSION_MESSAGES, (key,))
+            case ["sessions", key, "delete"]:
+                return Match(Endpoint.SESSION_DELETE, (key,))
+            case ["media", sig, payload]:
+                return Match(Endpoint.MEDIA, (sig, payload))
+            case _:
+                return Match(Endpoint.API_NOT_FOUND)
+    segment = path[1:]
+    return Match(Endpoint.PAGE, ("" if "/" in segment else segment,))
 
 
 def route_http(
     head: RequestHead, cfg: ChannelConfig, tokens: IssuedTokenStore, now: float
 ) -> HttpResponse:
-    """Answer one plain HTTP request (anything that is not our upgrade)."""
+    """Answer the routes that need only the config and the token store.
+
+    The token-issue route, ``/healthz``, 405s and 404s; everything else
+    (bootstrap, sessions, media, the page, metrics) is a 404 here. This is
+    the front as it was before :class:`trio_channel.api.HttpApp`, which
+    answers all of PROTOCOL 6 and supersedes it once the server calls it.
+    """
     raw_path, _query = split_target(head.target)
-    path = normalize_path(raw_path)
-    if cfg.token_issue_path and path == normalize_path(cfg.token_issue_path):
-        if head.method != "GET":
-            return _text(405, "Method Not Allowed")
-        return _issue_token(head, cfg, tokens, now)
-    if path == "/healthz":
-        return (
-            HEALTHY
-            if head.method in ("GET", "HEAD")
-            else _text(405, "Method Not Allowed")
-        )
-    if path == "/api" or path.startswith("/api/"):
-        return API_NOT_FOUND
-    return NOT_FOUND
+    match = match_route(cfg, raw_path)
+    if match.endpoint is Endpoint.ISSUE_TOKEN:
+        if head.method not in match.methods:
+            return METHOD_NOT_ALLOWED
+        return issue_token(head, cfg, tokens, now)
+    if match.endpoint is Endpoint.HEALTHZ:
+        return HEALTHY if head.method in match.methods else METHOD_NOT_ALLOWED
+    if match.endpoint is Endpoint.PAGE:
+        return NOT_FOUND
+    return API_NOT_FOUND if raw_path.startswith("/api") else NOT_FOUND
 
 
-def _issue_token(
+def issue_token(
     head: RequestHead, cfg: ChannelConfig, tokens: IssuedTokenStore, now: float
 ) -> HttpResponse:
+    """``GET {token_issue_path}``: a single-use WebSocket token, or 401/429."""
     if not issue_route_authorized(cfg, head.headers):
         return UNAUTHORIZED
     token = tokens.issue(now)
     if token is None:
         return TOO_MANY_TOKENS
     return _json_response(200, {"token": token, "expires_in": cfg.token_ttl_s})
+
+
+# --- auth -------------------------------------------------------------------
+
+_BEARER_RE: Final = re.compile(r"\s*bearer\s+(\S+)\s*", re.IGNORECASE)
+
+
+def bootstrap_refusal(
+    cfg: ChannelConfig, headers: Mapping[str, str], peer_is_loopback: bool
+) -> HttpResponse | None:
+    """Why a bootstrap request is refused, or None when it may have a token.
+
+    With a secret (``token_issue_secret``, else ``token``) every caller must
+    present it as the issue route wants it, loopback included (401). With
+    none, only loopback peers may (403); a unix-socket peer is not loopback.
+    """
+    if cfg.token_issue_secret or cfg.token:
+        return None if issue_route_authorized(cfg, headers) else UNAUTHORIZED
+    return None if peer_is_loopback else BOOTSTRAP_LOCALHOST_ONLY
+
+
+def request_api_token(
+    headers: Mapping[str, str], query: Mapping[str, str]
+) -> str | None:
+    """The API token a request carries: ``Authorization: Bearer``, else ``?token=``."""
+    bearer = _BEARER_RE.fullmatch(headers.get("authorization", ""))
+    if bearer is not None:
+        return bearer.group(1)
+    return query.get("token")
+
+
+def api_token_valid(
+    cfg: ChannelConfig, api_tokens: IssuedTokenStore, token: str | None, now: float
+) -> bool:
+    """An unexpired bootstrap token (not spent by use), or the static ``token``."""
+    return api_tokens.is_valid(token, now) or secret_matches(cfg.token, token)
+
+
+# --- bootstrap --------------------------------------------------------------
+
+_HOST_RE: Final = re.compile(
+    r"(?P<host>[A-Za-z0-9_.-]{1,253}|\[(?P<v6>[0-9A-Fa-f:.]{2,45})\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def _plain_host(value: str) -> bool:
+    """``host[:port]`` or ``[v6][:port]``, nothing else (no user, path, list)."""
+    m = _HOST_RE.fullmatch(value)
+    if m is None:
+        return False
+    if m["port"] is not None and int(m["port"]) > 65535:
+        return False
+    if m["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(m["v6"])
+        except ValueError:
+            return False
+    return True
+
+
+def ws_url(cfg: ChannelConfig, headers: Mapping[str, str]) -> str:
+    """Where the page should open its WebSocket; never carries a token.
+
+    ``wss`` when the first ``X-Forwarded-Proto`` is https/wss or TLS is on.
+    The ``Host`` header when it is a plain ``host[:port]`` or
+    ``[v6][:port]``, else the configured ``host:port`` (a wildcard host
+    becomes ``127.0.0.1``). Then the configured ``path``.
+    """
+    forwarded = headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    secure = forwarded in ("https", "wss") or bool(cfg.ssl_certfile)
+    host_header = headers.get("host", "").strip()
+    if _plain_host(host_header):
+        authority = host_header
+    else:
+        host = "127.0.0.1" if cfg.host in _WILDCARD_HOSTS else cfg.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        authority = f"{host}:{cfg.port}"
+    return f"{'wss' if secure else 'ws'}://{authority}{cfg.path}"
+
+
+def bootstrap_body(
+    cfg: ChannelConfig, headers: Mapping[str, str], token: str, model_name: str | None
+) -> bytes:
+    return _json.encode(
+        {
+            "token": token,
+            "ws_path": cfg.path,
+            "ws_url": ws_url(cfg, headers),
+            "expires_in": cfg.token_ttl_s,
+            "model_name": model_name,
+        }
+    )
+
+
+# --- sessions ---------------------------------------------------------------
+
+SESSION_KEY_PREFIX: Final = "websocket:"
+_SESSION_KEY_RE: Final = re.compile(r"[A-Za-z0-9_:.-]{1,128}")
+
+
+def parse_session_key(raw: str) -> str | None:
+    """The chat id a path segment names, or None (400 ``invalid session key``).
+
+    The segment is percent-decoded exactly once, must then match
+    ``[A-Za-z0-9_:.-]{1,128}``, and loses one ``websocket:`` prefix. No
+    ``/``, ``%`` or ``\\`` survives, so ``..%2F..%2Fetc`` is refused here and
+    ``%2e%2e`` becomes the chat id ``..``, which no chat has. The result is
+    only ever looked up in the store, never used as a path.
+    """
+    key = unquote(raw)
+    if _SESSION_KEY_RE.fullmatch(key) is None:
+        return None
+    return key.removeprefix(SESSION_KEY_PREFIX)
+
+
+def session_key(chat_id: str) -> str:
+    return SESSION_KEY_PREFIX + chat_id
+
+
+def parse_since_seq(query: Mapping[str, str]) -> int | None:
+    """``?since_seq=N`` (0 when absent), or None when it is not a plain N >= 0."""
+    raw = query.get("since_seq")
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        return None
+    return int(raw)
+
+
+def sessions_body(
+    chats: Iterable[ChatMeta], running_since: Callable[[str], float | None]
+) -> bytes:
+    """``{"sessions": [...]}``; ``run_started_at`` only while a turn runs."""
+    sessions = []
+    for meta in chats:
+        item: dict[str, object] = {
+            "key": session_key(meta.chat_id),
+            "chat_id": meta.chat_id,
+            "created_at": meta.created_at,
+            "updated_at": meta.updated_at,
+            "workspace_scope": meta.workspace_scope,
+        }
+        started = running_since(meta.chat_id)
+        if started is not None:
+            item["run_started_at"] = started
+        sessions.append(item)
+    return _json.encode({"sessions": sessions})
+
+
+# --- media ------------------------------------------------------------------
+
+
+@attrs.frozen
+class ByteRange:
+    """Bytes ``start`` to ``end`` of a file, both inclusive."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+@attrs.frozen
+class RangeNotSatisfiable:
+    """Answer 416 with ``Content-Range: bytes */SIZE``."""
+
+
+NOT_SATISFIABLE: Final = RangeNotSatisfiable()
+_RANGE_SPEC_RE: Final = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+#: Bigger than any file; keeps int() away from huge digit strings.
+_HUGE: Final = 10**18
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
+def parse_range(
+    header: str | None, size: int
+) -> ByteRange | RangeNotSatisfiable | None:
+    """Decide a ``Range`` header against a file of ``size`` bytes.
+
+    None: serve the whole file (no header, or a unit other than ``bytes``,
+    which RFC 9110 says to ignore). One range, ``a-b`` (``b`` clipped to the
+    end), ``a-`` or ``-n`` (the last ``n`` bytes): that range (206). Several
+    ranges, a malformed one, or one that starts past the end: 416.
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    specs = [s for s in spec.split(",") if s.strip()]
+    if len(specs) != 1:
+        return NOT_SATISFIABLE
+    m = _RANGE_SPEC_RE.fullmatch(specs[0])
+    if m is None or not (m[1] or m[2]):
+        return NOT_SATISFIABLE
+    if not m[1]:
+        suffix = _number(m[2])
+        if suffix == 0 or size == 0:
+            return NOT_SATISFIABLE
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = _number(m[1])
+    end = _number(m[2]) if m[2] else size - 1
+    if start >= size or end < start:
+        return NOT_SATISFIABLE
+    return ByteRange(start, min(end, size - 1))
+
+
+SVG_CSP: Final = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+)
+MEDIA_CACHE_CONTROL: Final = "private, max-age=31536000, immutable"
+_MEDIA_TYPES: Final[Mapping[str, str]] = {
+    **{ext: mime for mime, ext in IMAGE_MIMES.items()},
+    **{ext: mime for mime, ext in VIDEO_MIMES.items()},
+    ".jpeg": "image/jpeg",
+    ".svg": "image/svg+xml",
+}
+
+
+def media_headers(name: str) -> list[tuple[str, str]]:
+    """Headers for a media file, by its extension (PROTOCOL 3.2 and 6).
+
+    The image and video types clients may upload, plus SVG with a CSP that
+    forbids scripts; anything else is ``application/octet-stream``. Always
+    ``nosniff``, so a browser never guesses its way to HTML.
+    """
+    dot = name.rfind(".")
+    mime = _MEDIA_TYPES.get(name[dot:].lower(), "application/octet-stream")
+    headers = [
+        ("Content-Type", mime),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Accept-Ranges", "bytes"),
+        ("Cache-Control", MEDIA_CACHE_CONTROL),
+    ]
+    if mime == "image/svg+xml":
+        headers.append(("Content-Security-Policy", SVG_CSP))
+    return headers
+
+
+# --- the chat page ----------------------------------------------------------
+
+PAGE_INDEX: Final = "index.html"
+#: A file name directly inside the page directory: no separators, no
+#: leading dot (so no ``..`` and no hidden files).
+_PAGE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+_PAGE_TYPES: Final[Mapping[str, str]] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+}
+
+
+def page_file_name(segment: str) -> str | None:
+    """The file a single-segment path names in the page directory, if it can.
+
+    ``segment`` is decoded once; a name that is not a plain file name is
+    None, and the caller serves ``index.html`` instead.
+    """
+    name = unquote(segment)
+    return name if _PAGE_NAME_RE.fullmatch(name) else None
+
+
+def page_content_type(name: str) -> str:
+    dot = name.rfind(".")
+    return _PAGE_TYPES.get(name[dot:].lower(), "application/octet-stream")

@@ -23,11 +23,18 @@ import trio_websocket
 
 from . import listeners as _listeners
 from ._wire import text_frame
+from .api import HttpApp
 from .auth import Accept, IssuedTokenStore, decide_handshake, split_target
 from .bus import ServerBusEnds
 from .config import ChannelConfig
 from .connection import ConnectionLimits, run_connection
-from .events import AgentEvent, RuntimeModelUpdated, StreamEnd, encode_event
+from .events import (
+    AgentEvent,
+    Message,
+    RuntimeModelUpdated,
+    StreamEnd,
+    encode_event,
+)
 from .http import (
     BadRequest,
     ReplayStream,
@@ -35,10 +42,12 @@ from .http import (
     is_upgrade,
     read_request_head,
     respond,
+    upgrade_request_bytes,
 )
 from .hub import ChatHub, ChatSeed, ChatState
+from .media import MediaSigner, load_or_create_secret
 from .outbox import Outbox
-from .routes import route_http
+from .rewrite import MediaLinker
 from .scope import DefaultScopePolicy, ScopePolicy
 from .session import ClientSession, Peer
 from .store import SessionStore
@@ -50,6 +59,10 @@ log = logging.getLogger("trio_channel.server")
 WS_INBOX_MESSAGES = 4
 #: The SQLite file of the session store, inside ``data_dir``.
 STORE_FILE = "sessions.sqlite3"
+#: The bundled chat page (package data).
+WEBUI_DIR = Path(__file__).parent / "webui"
+#: The media URL signing secret, inside ``data_dir``.
+MEDIA_SECRET_FILE = "media_secret"
 #: Everything an agent may send (checked before anything else touches it).
 AGENT_EVENT_TYPES = typing.get_args(AgentEvent)
 #: A connection is closed at once when its queue reaches this many times the
@@ -75,6 +88,11 @@ class Channel:
     store: SessionStore = attrs.field(init=False)
     tokens: IssuedTokenStore = attrs.field(init=False)
     open_connections: int = attrs.field(default=0, init=False)
+    #: Signs media URLs; its secret is loaded from ``data_dir`` by serve().
+    signer: MediaSigner | None = attrs.field(default=None, init=False)
+    linker: MediaLinker | None = attrs.field(default=None, init=False)
+    #: Answers every plain HTTP request; built by serve() with the signer.
+    _http_app: HttpApp | None = attrs.field(default=None, init=False)
     #: Each running connection's cancel scope, so a drain can close them all.
     _live: dict[Outbox, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _draining: bool = attrs.field(default=False, init=False)
@@ -104,8 +122,12 @@ class Channel:
         )
 
     @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir).expanduser()
+
+    @property
     def media_dir(self) -> Path:
-        return Path(self.config.data_dir).expanduser() / "media"
+        return self.data_dir / "media"
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -137,6 +159,7 @@ class Channel:
         with 1001 and gets ``shutdown_grace_s`` to finish its closing
         handshake, and the store commits what is queued.
         """
+        await self._load_media_secret()
         async with trio.open_nursery() as root:
             # The store loads every chat before the first client can attach.
             await root.start(self.store.run)
@@ -160,6 +183,30 @@ class Channel:
                             )
                         )
                         task_status.started(urls or [])
+
+    async def _load_media_secret(self) -> None:
+        secret = await trio.to_thread.run_sync(
+            load_or_create_secret, self.data_dir / MEDIA_SECRET_FILE
+        )
+        self.signer = MediaSigner(secret, self.media_dir)
+        workspace = self.config.workspace_dir
+        self.linker = MediaLinker(
+            self.signer, self.media_dir, Path(workspace) if workspace else None
+        )
+        self._http_app = HttpApp(
+            cfg=self.config,
+            tokens=self.tokens,
+            store=self.store,
+            hub=self.hub,
+            signer=self.signer,
+            webui_dir=WEBUI_DIR if self.config.webui else None,
+        )
+
+    @property
+    def http_app(self) -> HttpApp:
+        if self._http_app is None:
+            raise RuntimeError("serve() or serve_listeners() has not started yet")
+        return self._http_app
 
     async def _drain_on_cancel(
         self, accepting: trio.CancelScope, connections: trio.Nursery
@@ -196,10 +243,7 @@ class Channel:
             await respond(stream, head.status, b"Bad Request")
             return
         if not is_upgrade(head, cfg.path):
-            answer = route_http(head, cfg, self.tokens, trio.current_time())
-            await respond(
-                stream, answer.status, answer.body, content_type=answer.content_type
-            )
+            await self.http_app.handle(stream, head, peer)
             return
         await self._upgrade(stream, head, peer)
 
@@ -218,13 +262,17 @@ class Channel:
         if not isinstance(decision, Accept):
             await respond(stream, decision.status, decision.body.encode())
             return
+        request_bytes = upgrade_request_bytes(head)
+        if isinstance(request_bytes, BadRequest):
+            await respond(stream, request_bytes.status, b"Bad WebSocket handshake")
+            return
         self.open_connections += 1
         try:
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(cfg.handshake_timeout_s) as accept_scope:
                     request = await trio_websocket.wrap_server_stream(
                         nursery,
-                        ReplayStream(stream, head.raw),
+                        ReplayStream(stream, request_bytes),
                         message_queue_size=WS_INBOX_MESSAGES,
                         max_message_size=cfg.max_message_bytes,
                     )
@@ -301,11 +349,31 @@ class Channel:
                     log.error("dropping an object that is not an event: %r", event)
                     continue
                 try:
-                    self.publish(event)
+                    self.publish(await self._link_media(event))
                 except (TypeError, ValueError, msgspec.EncodeError):
                     log.exception("dropping an event the agent sent: %r", event)
                 if store.queue_depth >= store.queue_size:
                     await store.wait_for_room()
+
+    async def _link_media(self, event: AgentEvent) -> AgentEvent:
+        """Give ``message`` media signed URLs and rewrite local markdown images.
+
+        Cheap checks run on the loop; file work (stat, copy) only when needed,
+        in a thread. Runs before ``seq`` is assigned, so the stored event is
+        exactly what clients receive.
+        """
+        linker = self.linker
+        if linker is None:
+            return event
+        if isinstance(event, Message) and linker.needs_linking(event):
+            return await trio.to_thread.run_sync(linker.link_message, event)
+        if isinstance(event, StreamEnd):
+            text = self.hub.finish_stream(event)
+            if linker.might_rewrite(text):
+                new = await trio.to_thread.run_sync(linker.rewrite_markdown, text)
+                if new is not text:
+                    return msgspec.structs.replace(event, text=new)
+        return event
 
     def publish(self, event: AgentEvent) -> int:
         """Encode ``event`` once and queue the same frame for every target.

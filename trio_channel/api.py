@@ -1,0 +1,503 @@
+"""The plain-HTTP side of the port: every request that is not our upgrade.
+
+:class:`HttpApp` answers PROTOCOL 6 (token issue, bootstrap, the session API,
+signed media, the chat page, ``/healthz``, ``/metrics``) and writes the
+response itself, with ``Connection: close``: one request per connection, as
+the rest of the front does. The decisions are the pure functions of
+:mod:`trio_channel.routes`; this module only moves bytes around them:
+
+- files (media up to 20 MiB, the page's assets) are opened and read in a
+  worker thread and sent in :data:`CHUNK_BYTES` pieces, never whole;
+- a chat's history is read from the store in pages of :data:`HISTORY_PAGE`
+  events and sent as it is read (chunked), so one request never holds more
+  than a page of events;
+- every write must make progress within ``slow_consumer_timeout_s``, or the
+  connection is dropped: a client that stops reading cannot hold a task.
+
+Responses are produced by h11, framed for the request's method (no body for
+``HEAD``) and HTTP version.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import h11
+import msgspec
+import trio
+
+from .auth import IssuedTokenStore, split_target
+from .config import ChannelConfig
+from .http import RequestHead
+from .hub import ChatHub
+from .media import MediaSigner, MediaUrlError
+from .routes import (
+    API_NOT_FOUND,
+    HEALTHY,
+    INVALID_SESSION_KEY,
+    INVALID_SINCE_SEQ,
+    JSON,
+    MEDIA_NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    PAGE_INDEX,
+    SESSION_NOT_FOUND,
+    TOO_MANY_TOKENS,
+    UNAUTHORIZED,
+    Endpoint,
+    HttpResponse,
+    Match,
+    RangeNotSatisfiable,
+    api_token_valid,
+    bootstrap_body,
+    bootstrap_refusal,
+    issue_token,
+    match_route,
+    media_headers,
+    page_content_type,
+    page_file_name,
+    parse_range,
+    parse_session_key,
+    parse_since_seq,
+    request_api_token,
+    session_key,
+    sessions_body,
+)
+from .session import Peer
+from .store import SessionStore, UserMessage
+
+#: Bytes read from a file and sent per step.
+CHUNK_BYTES: Final = 256 * 1024
+#: Events read from the store per step of a history answer.
+HISTORY_PAGE: Final = 1000
+
+_json = msgspec.json.Encoder()
+_NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
+
+
+@attrs.define(eq=False)
+@attrs.define(eq=False)
+class HttpApp:
+    """Answers every plain HTTP request on the channel's port (PROTOCOL 6).
+
+    ``tokens`` is the WebSocket handshake token store, shared with the
+    channel: bootstrap tokens go there (spent by one upgrade) and into
+    :attr:`api_tokens` (valid for the API until they expire). ``webui_dir``
+    None turns the chat page off; ``metrics_text`` None makes ``/metrics``
+    a 404 (for callers allowed to see it).
+    """
+
+    cfg: ChannelConfig
+    tokens: IssuedTokenStore
+    store: SessionStore
+    hub: ChatHub[Any]
+    signer: MediaSigner
+    webui_dir: Path | None
+    metrics_text: Callable[[], tuple[bytes, str]] | None = None
+    api_tokens: IssuedTokenStore = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.api_tokens = IssuedTokenStore(ttl_s=self.cfg.token_ttl_s)
+
+    async def handle(
+        self, stream: trio.abc.Stream, head: RequestHead, peer: Peer
+    ) -> None:
+        """Answer one request and return; the caller closes ``stream``.
+
+        A peer that leaves, or stops reading for ``slow_consumer_timeout_s``,
+        ends the answer early; that is not an error.
+        """
+        out = _Responder(stream, head, self.cfg.slow_consumer_timeout_s)
+        try:
+            await self._answer(out, head, peer)
+        except _PeerGone:
+            return
+
+    async def _answer(self, out: _Responder, head: RequestHead, peer: Peer) -> None:
+        raw_path, query = split_target(head.target)
+        match = match_route(self.cfg, raw_path)
+        endpoint = match.endpoint
+        if endpoint is Endpoint.API_NOT_FOUND:
+            return await out.simple(API_NOT_FOUND)
+        if endpoint is Endpoint.PAGE and self.webui_dir is None:
+            return await out.simple(NOT_FOUND)
+        if head.method not in match.methods:
+            allow = ("Allow", ", ".join(match.methods))
+            return await out.simple(METHOD_NOT_ALLOWED, [allow])
+        now = trio.current_time()
+        if endpoint is Endpoint.ISSUE_TOKEN:
+            return await out.simple(issue_token(head, self.cfg, self.tokens, now))
+        if endpoint is Endpoint.HEALTHZ:
+            return await out.simple(HEALTHY)
+        if endpoint is Endpoint.BOOTSTRAP:
+            return await out.simple(self._bootstrap(head, peer, now))
+        if endpoint is Endpoint.MEDIA:
+            return await self._media(out, match)
+        if endpoint is Endpoint.PAGE:
+            assert self.webui_dir is not None
+            return await self._page(out, self.webui_dir, match.args[0])
+        token = request_api_token(head.headers, query)
+        authorized = api_token_valid(self.cfg, self.api_tokens, token, now)
+        if endpoint is Endpoint.METRICS:
+            return await out.simple(self._metrics(authorized or peer.is_loopback))
+        if not authorized:
+            return await out.simple(UNAUTHORIZED)
+        if endpoint is Endpoint.SESSIONS:
+            body = sessions_body(self.store.chats(), self._running_since)
+            return await out.simple(HttpResponse(200, body, JSON))
+        chat_id = parse_session_key(match.args[0])
+        if chat_id is None:
+            return await out.simple(INVALID_SESSION_KEY)
+        if self.store.chat(chat_id) is None:
+            return await out.simple(SESSION_NOT_FOUND)
+        if endpoint is Endpoint.SESSION_MESSAGES:
+            since_seq = parse_since_seq(query)
+            if since_seq is None:
+                return await out.simple(INVALID_SINCE_SEQ)
+            return await self._history(out, chat_id, since_seq)
+        deleted = await self.store.delete_chat(chat_id)
+        return await out.simple(
+            HttpResponse(200, _json.encode({"deleted": deleted}), JSON)
+        )
+
+    # --- tokens -------------------------------------------------------------
+
+    def _bootstrap(self, head: RequestHead, peer: Peer, now: float) -> HttpResponse:
+        refusal = bootstrap_refusal(self.cfg, head.headers, peer.is_loopback)
+        if refusal is not None:
+            return refusal
+        token = self.tokens.issue(now)
+        if token is None:
+            return TOO_MANY_TOKENS
+        if not self.api_tokens.adopt(token, now):
+            self.tokens.consume(token, now)  # all or nothing
+            return TOO_MANY_TOKENS
+        body = bootstrap_body(self.cfg, head.headers, token, self.hub.model_name)
+        return HttpResponse(200, body, JSON)
+
+    def _metrics(self, allowed: bool) -> HttpResponse:
+        if not allowed:
+            return UNAUTHORIZED
+        if self.metrics_text is None:
+            return NOT_FOUND
+        body, content_type = self.metrics_text()
+        return HttpResponse(200, body, content_type)
+
+    # --- sessions -----------------------------------------------------------
+
+    def _running_since(self, chat_id: str) -> float | None:
+        state = self.hub.chats.get(chat_id)
+        return None if state is None else state.running_since
+
+    async def _history(self, out: _Responder, chat_id: str, since_seq: int) -> None:
+        """Stream ``{"key","chat_id","first_seq","last_seq","events":[...]}``.
+
+        ``last_seq`` is the chat's last ``seq`` once everything asked of the
+        store so far is committed; the answer holds exactly the events in
+        ``(since_seq, last_seq]`` still kept, with the user's messages of that
+        span in their place, so a client can attach with ``since_seq=last_seq``
+        and miss nothing.
+        """
+        await self.store.flush()
+        meta = self.store.chat(chat_id)
+        if meta is None:
+            return await out.simple(SESSION_NOT_FOUND)
+        first_seq, last_seq = meta.first_seq, meta.last_seq
+        users = [
+            m
+            for m in await self.store.user_messages(chat_id)
+            if since_seq <= m.after_seq <= last_seq
+        ]
+        shaped = await trio.to_thread.run_sync(
+            shape_user_messages, users, self.signer.url_for
+        )
+        writer = HistoryWriter(deque(shaped))
+        out.start(
+            200, [("Content-Type", JSON), ("Cache-Control", "no-store"), _NOSNIFF]
+        )
+        await out.data(history_head(chat_id, first_seq, last_seq))
+        after = since_seq
+        while after < last_seq:
+            page = await self.store.read_events(chat_id, after, HISTORY_PAGE)
+            events = [(seq, payload) for seq, payload in page.events if seq <= last_seq]
+            if events:
+                await out.data(writer.events(events))
+                after = events[-1][0]
+            if len(events) < HISTORY_PAGE:
+                break
+        await out.data(writer.finish())
+        await out.end()
+
+    # --- files ----------------------------------------------------------------
+
+    async def _media(self, out: _Responder, match: Match) -> None:
+        sig, payload = match.args
+        target = await trio.to_thread.run_sync(self.signer.verify, sig, payload)
+        if isinstance(target, MediaUrlError):
+            return await out.simple(HttpResponse(target.status, target.body.encode()))
+        opened = await trio.to_thread.run_sync(open_regular_file, target)
+        if opened is None:
+            return await out.simple(MEDIA_NOT_FOUND)
+        await _send_file(out, opened, media_headers(target.name), ranges=True)
+
+    async def _page(self, out: _Responder, root: Path, segment: str) -> None:
+        """A file directly inside ``root``, else its ``index.html``, else 404."""
+        asked = page_file_name(segment) if segment else None
+        for name in (asked, PAGE_INDEX):
+            if name is not None:
+                opened = await trio.to_thread.run_sync(open_regular_file, root / name)
+                if opened is not None:
+                    break
+        else:
+            return await out.simple(NOT_FOUND)
+        headers = [
+            ("Content-Type", page_content_type(name)),
+            _NOSNIFF,
+            ("Cache-Control", "no-cache"),
+        ]
+        await _send_file(out, opened, headers, ranges=False)
+
+
+# --- history shaping (pure) ----------------------------------------------------
+
+
+def history_head(chat_id: str, first_seq: int, last_seq: int) -> bytes:
+    """The answer up to and including ``"events":[``."""
+    head = _json.encode(
+        {
+            "key": session_key(chat_id),
+            "chat_id": chat_id,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+        }
+    )
+    return head[:-1] + b',"events":['
+
+
+def shape_user_messages(
+    messages: Iterable[UserMessage], media_url: Callable[[Path], str | None]
+) -> list[tuple[int, bytes]]:
+    """``(after_seq, JSON)`` per user message, in history order.
+
+    Shape: ``{"event":"user_message","chat_id","after_seq","client_id",
+    "content","media","at"}`` plus ``media_urls`` (``[{"url","name"}]``) for
+    the attachments that can still be signed. No ``seq``: user messages are
+    not part of the replayable event log. ``media_url`` may touch the disk:
+    call this in a worker thread.
+    """
+    shaped = []
+    for m in sorted(messages, key=lambda m: m.after_seq):  # stable: keeps order
+        item: dict[str, object] = {
+            "event": "user_message",
+            "chat_id": m.chat_id,
+            "after_seq": m.after_seq,
+            "client_id": m.client_id,
+            "content": m.content,
+            "media": list(m.media),
+            "at": m.at,
+        }
+        urls = []
+        for path in m.media:
+            url = media_url(Path(path))
+            if url is not None:
+                urls.append({"url": url, "name": Path(path).name})
+        if urls:
+            item["media_urls"] = urls
+        shaped.append((m.after_seq, _json.encode(item)))
+    return shaped
+
+
+@attrs.define
+class HistoryWriter:
+    """Writes the ``events`` array of a history answer, one page at a time.
+
+    Events arrive as ``(seq, payload)`` in ``seq`` order; each payload is the
+    event's JSON exactly as clients received it and goes out untouched. A
+    user message with ``after_seq = s`` is written after the event ``s`` and
+    before the next one.
+    """
+
+    user_messages: deque[tuple[int, bytes]]
+    _written: bool = False
+
+    def events(self, events: Iterable[tuple[int, bytes]]) -> bytes:
+        parts = []
+        for seq, payload in events:
+            while self.user_messages and self.user_messages[0][0] < seq:
+                parts.append(self.user_messages.popleft()[1])
+            parts.append(payload)
+        return self._join(parts)
+
+    def finish(self) -> bytes:
+        """The user messages after the last event, and the closing ``]}``."""
+        parts = [message for _, message in self.user_messages]
+        self.user_messages.clear()
+        return self._join(parts) + b"]}"
+
+    def _join(self, parts: list[bytes]) -> bytes:
+        if not parts:
+            return b""
+        joined = b",".join(parts)
+        if self._written:
+            joined = b"," + joined
+        self._written = True
+        return joined
+
+
+# --- files (blocking helpers run in worker threads) ------------------------------
+
+
+def open_regular_file(path: Path) -> tuple[int, int] | None:
+    """``(fd, size)`` of a regular file, or None (missing, directory, symlink...).
+
+    The last component is opened without following symlinks and without
+    blocking (a FIFO would hang the thread), then checked with ``fstat``, so
+    what is checked is what is read. Blocking: run in a worker thread.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return fd, info.st_size
+
+
+async def _send_file(
+    out: _Responder,
+    opened: tuple[int, int],
+    headers: list[tuple[str, str]],
+    *,
+    ranges: bool,
+) -> None:
+    """Send an opened file (or one ``Range`` of it) and close it."""
+    fd, size = opened
+    try:
+        start, length, status = 0, size, 200
+        if ranges:
+            wanted = parse_range(out.head.headers.get("range"), size)
+            if isinstance(wanted, RangeNotSatisfiable):
+                extra = [
+                    ("Content-Range", f"bytes */{size}"),
+                    ("Accept-Ranges", "bytes"),
+                ]
+                return await out.simple(
+                    HttpResponse(416, b"Range Not Satisfiable"), extra
+                )
+            if wanted is not None:
+                start, length, status = wanted.start, wanted.length, 206
+                headers = [
+                    *headers,
+                    ("Content-Range", f"bytes {wanted.start}-{wanted.end}/{size}"),
+                ]
+        out.start(status, [*headers, ("Content-Length", str(length))])
+        offset, end = start, start + length
+        while offset < end and not out.head_only:
+            chunk = await trio.to_thread.run_sync(
+                os.pread, fd, min(CHUNK_BYTES, end - offset), offset
+            )
+            if not chunk:
+                return  # the file shrank: the short body tells the client
+            await out.data(chunk)
+            offset += len(chunk)
+        await out.end()
+    finally:
+        os.close(fd)
+
+
+# --- writing responses ------------------------------------------------------------
+
+
+class _PeerGone(Exception):
+    """The client left or stopped reading; stop answering."""
+
+
+@attrs.define(eq=False)
+class _Responder:
+    """Writes one h11 response: head, body pieces, end.
+
+    The head is held back and sent with the first piece of body, so a small
+    answer is one ``send_all``. Each ``send_all`` gets ``send_timeout_s``.
+    Without a ``Content-Length`` the body is chunked (HTTP/1.1 clients) or
+    ends with the connection (HTTP/1.0).
+    """
+
+    stream: trio.abc.SendStream
+    head: RequestHead
+    send_timeout_s: float
+    _conn: h11.Connection = attrs.field(init=False)
+    _pending: bytes = attrs.field(default=b"", init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # h11 frames a response for the request it saw: replay the method and
+        # version (so HEAD gets no body and HTTP/1.0 no chunking).
+        first_line = self.head.raw.split(b"\r\n", 1)[0]
+        version = "1.0" if first_line.endswith(b"HTTP/1.0") else "1.1"
+        self._conn = h11.Connection(h11.SERVER)
+        self._conn.receive_data(
+            f"{self.head.method} / HTTP/{version}\r\nHost: x\r\n\r\n".encode("ascii")
+        )
+        self._conn.next_event()
+
+    @property
+    def head_only(self) -> bool:
+        return self.head.method == "HEAD"
+
+    async def simple(
+        self, response: HttpResponse, extra_headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """A complete small response (``Cache-Control: no-store``, ``nosniff``)."""
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("Cache-Control", "no-store"),
+            _NOSNIFF,
+            *extra_headers,
+        ]
+        self.start(response.status, headers)
+        await self.data(response.body)
+        await self.end()
+
+    def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        response = h11.Response(
+            status_code=status,
+            headers=[*headers, ("Connection", "close")],
+            reason=HTTPStatus(status).phrase.encode("ascii"),
+        )
+        self._pending += self._conn.send(response) or b""
+
+    async def data(self, chunk: bytes) -> None:
+        if chunk and not self.head_only:
+            await self._send(
+                self._pending + (self._conn.send(h11.Data(data=chunk)) or b"")
+            )
+            self._pending = b""
+
+    async def end(self) -> None:
+        await self._send(self._pending + (self._conn.send(h11.EndOfMessage()) or b""))
+        self._pending = b""
+
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        with trio.move_on_after(self.send_timeout_s) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _PeerGone from None
+        if scope.cancelled_caught:
+            raise _PeerGone
