@@ -434,14 +434,15 @@ def test_order_is_403_then_401_then_503() -> None:
     assert _decide(cfg, store, good, open_connections=full - 1) == Accept("bob")
 
 
-def test_a_503_does_not_spend_the_token() -> None:
+def test_the_token_is_spent_at_the_token_step_even_before_a_503() -> None:
+    # PROTOCOL 1: a valid issued token "is then consumed" at step 3; the
+    # capacity check (step 4) comes after it.
     cfg = ChannelConfig(max_connections=1)
     store = IssuedTokenStore(ttl_s=30)
     token = store.issue(0.0)
     assert token is not None
     query = {"client_id": "bob", "token": token}
     assert _decide(cfg, store, query, open_connections=1) == UNAVAILABLE
-    assert _decide(cfg, store, query, open_connections=0) == Accept("bob")
     assert _decide(cfg, store, query, open_connections=0) == UNAUTHORIZED
 
 

@@ -25,6 +25,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.connection import ConnectionState
 
 _FIN_TEXT = 0x81
+_FIN_CLOSE = 0x88
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -37,6 +38,12 @@ def text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
     return header + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """An unmasked close frame (RFC 6455 5.5.1); reason cut to fit 125 bytes."""
+    body = struct.pack("!H", code) + reason.encode()[:123]
+    return struct.pack("!BB", _FIN_CLOSE, len(body)) + body
 
 
 async def send_framed(ws: WebSocketConnection, data: bytes) -> None:

@@ -236,9 +236,9 @@ def decide_handshake(
        neither, anyone passes.
     3. Capacity: ``open_connections >= max_connections`` → 503.
 
-    A valid issued token in the query is consumed, whether or not it was
-    required, but only when the answer is :class:`Accept`: a 403 or a 503
-    leaves it usable, so a client refused for capacity can retry with it.
+    A valid issued token in the query is consumed at the token step, as
+    PROTOCOL 1 says, whether or not it was required: a 403 leaves it usable,
+    a 503 (which comes after) does not.
     """
     if not allow_list_admits(cfg.allow_from, handshake_client_id(query)):
         return FORBIDDEN
@@ -249,10 +249,10 @@ def decide_handshake(
             return UNAUTHORIZED
     elif cfg.websocket_requires_token and not issued:
         return UNAUTHORIZED
-    if open_connections >= cfg.max_connections:
-        return SERVICE_UNAVAILABLE
     if issued:
         tokens.consume(supplied, now)
+    if open_connections >= cfg.max_connections:
+        return SERVICE_UNAVAILABLE
     return Accept(connection_client_id(query))
 
 

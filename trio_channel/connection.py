@@ -16,7 +16,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ._wire import abort, send_framed, text_frame
+from ._wire import abort, close_frame, send_framed, text_frame
 from .bus import InboundMessage
 from .events import Error, ServerEvent, encode_event
 from .media import MediaRejected, check_media, discard_media, save_media
@@ -108,6 +108,11 @@ async def run_connection(
 async def _close(ws: WebSocketConnection, state: _CloseState) -> None:
     if ws.closed is not None:
         return
+    if state.peer_dead and not state.writing:
+        # Nobody answers: say why in a close frame, but do not wait for a
+        # closing handshake that will not come.
+        with trio.move_on_after(1):
+            await send_framed(ws, close_frame(state.code, state.reason))
     if state.writing or state.peer_dead:
         # A frame may be half-written, or nobody is listening: drop TCP.
         await abort(ws)
@@ -153,8 +158,15 @@ async def _reader(
         outbox.put_many([frame(e) for e in effects.replies])
         if effects.replay is not None:
             await _replay(store, outbox, effects.replay)
-        if effects.deliver is not None:
-            await _deliver(inbound, store, effects.deliver)
+        if effects.deliver is not None and not await _deliver(
+            inbound, store, effects.deliver
+        ):
+            state.code, state.reason, state.decided = (
+                INTERNAL_ERROR,
+                "the agent is not running",
+                True,
+            )
+            return
 
 
 async def _with_media(
@@ -196,6 +208,9 @@ async def _replay(store: SessionStore, outbox: Outbox, replay: Replay) -> None:
             outbox.put(text_frame(payload))
             cursor.next_seq = seq + 1
         if len(page.events) < REPLAY_BATCH:
+            # A since_seq beyond the chat's last seq must not make the cursor
+            # skip the next live events.
+            cursor.next_seq = min(cursor.next_seq, page.last_seq + 1)
             cursor.live = True
             break
         await outbox.wait_for_room()
@@ -209,7 +224,8 @@ async def _deliver(
     inbound: trio.MemorySendChannel[InboundMessage],
     store: SessionStore,
     message: InboundMessage,
-) -> None:
+) -> bool:
+    """Hand ``message`` to the agent; False when the agent stopped receiving."""
     try:
         # The user's message joins the chat's history, then goes to the agent.
         await store.wait_for_room()
@@ -218,11 +234,17 @@ async def _deliver(
         )
         # Blocks while the agent is behind: we stop reading this socket.
         await inbound.send(message)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.error("the agent stopped receiving messages; closing the connection")
+        if message.media:
+            await discard_media(message.media)
+        return False
     except BaseException:
         if message.media:
             with trio.CancelScope(shield=True):
                 await discard_media(message.media)
         raise
+    return True
 
 
 async def _writer(

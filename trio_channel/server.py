@@ -30,6 +30,7 @@ from .config import ChannelConfig
 from .connection import ConnectionLimits, run_connection
 from .events import (
     AgentEvent,
+    GoalStatus,
     Message,
     RuntimeModelUpdated,
     StreamEnd,
@@ -251,6 +252,12 @@ class Channel:
         self, stream: trio.abc.Stream, head: RequestHead, peer: Peer
     ) -> None:
         cfg = self.config
+        # A request that cannot be a handshake is refused before the auth
+        # steps, so it never spends a token.
+        request_bytes = upgrade_request_bytes(head)
+        if isinstance(request_bytes, BadRequest):
+            await respond(stream, request_bytes.status, b"Bad WebSocket handshake")
+            return
         _, query = split_target(head.target)
         decision = decide_handshake(
             cfg,
@@ -261,10 +268,6 @@ class Channel:
         )
         if not isinstance(decision, Accept):
             await respond(stream, decision.status, decision.body.encode())
-            return
-        request_bytes = upgrade_request_bytes(head)
-        if isinstance(request_bytes, BadRequest):
-            await respond(stream, request_bytes.status, b"Bad WebSocket handshake")
             return
         self.open_connections += 1
         try:
@@ -349,19 +352,28 @@ class Channel:
                     log.error("dropping an object that is not an event: %r", event)
                     continue
                 try:
-                    self.publish(await self._link_media(event))
+                    self.publish(await self._prepare(event))
                 except (TypeError, ValueError, msgspec.EncodeError):
                     log.exception("dropping an event the agent sent: %r", event)
                 if store.queue_depth >= store.queue_size:
                     await store.wait_for_room()
 
-    async def _link_media(self, event: AgentEvent) -> AgentEvent:
-        """Give ``message`` media signed URLs and rewrite local markdown images.
+    async def _prepare(self, event: AgentEvent) -> AgentEvent:
+        """Complete an agent event before it is published.
 
-        Cheap checks run on the loop; file work (stat, copy) only when needed,
-        in a thread. Runs before ``seq`` is assigned, so the stored event is
-        exactly what clients receive.
+        A ``running`` status without ``started_at`` gets the current time
+        (clients show how long the turn has run). ``message`` media get signed
+        URLs and local markdown images are rewritten: cheap checks run on the
+        loop, file work (stat, copy) only when needed, in a thread. Runs
+        before ``seq`` is assigned, so the stored event is exactly what
+        clients receive.
         """
+        if (
+            isinstance(event, GoalStatus)
+            and event.status == "running"
+            and event.started_at is None
+        ):
+            return msgspec.structs.replace(event, started_at=time.time())
         linker = self.linker
         if linker is None:
             return event

@@ -97,6 +97,8 @@ class EventPage:
     first_seq: int
     #: ``(seq, payload)``; payload is the event's JSON as sent to clients.
     events: list[tuple[int, bytes]]
+    #: The chat's newest ``seq`` when the page was read (0: no event yet).
+    last_seq: int = 0
 
 
 @attrs.frozen
@@ -199,8 +201,8 @@ class SessionStore:
         """
         meta = self._touch(chat_id)
         seq = meta.last_seq + 1
+        payload = encode(seq)  # may raise: then the seq is not used up
         meta.last_seq = seq
-        payload = encode(seq)
         self._pending.setdefault(chat_id, deque()).append((seq, payload))
         event_id = f"{self._node}:{next(self._event_ids)}"
         self._queue(_AppendEvent(chat_id, seq, event_id, payload))
@@ -284,7 +286,7 @@ class SessionStore:
                     break
                 if seq > last:
                     rows.append((seq, payload))
-            return EventPage(meta.first_seq, rows)
+            return EventPage(meta.first_seq, rows, meta.last_seq)
 
     async def user_messages(self, chat_id: str) -> list[UserMessage]:
         """The chat's user messages, oldest first (committed ones: call flush())."""

@@ -1,0 +1,139 @@
+"""Browser tests of the bundled chat page: the real daemon, headless Chromium.
+
+Chromium is Debian's (``/usr/bin/chromium``, or ``TRIO_CHANNEL_CHROMIUM``),
+driven by Playwright's Python package; Playwright's own browser download is
+never used. A missing browser FAILS the tests with instructions: a skipped
+browser suite would hide a broken page.
+
+Each test gets its own daemon(s) (``spawn``) and a fresh browser context
+(``ui``); teardown saves a screenshot to ``test-output/browser/<test>.png``
+and fails the test unless every daemon exited with status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ._daemon import Daemon
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM = Path(os.environ.get("TRIO_CHANNEL_CHROMIUM", "/usr/bin/chromium"))
+#: Playwright adds --headless itself. No sandbox (we run as root in CI), no
+#: network chatter to Google, nothing that downloads components.
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+#: How long ``expect`` waits by default (a 2-core CI machine can be slow).
+EXPECT_TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole package (closed after it)."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: the browser tests need it. "
+            "Install Debian's package (apt-get install -y chromium) or point "
+            "TRIO_CHANNEL_CHROMIUM at a Chromium binary. (Playwright's own "
+            "browser download is not used.)",
+            pytrace=False,
+        )
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail(
+            "the Python package 'playwright' is missing: pip install -e '.[test]'",
+            pytrace=False,
+        )
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=LAUNCH_ARGS,
+            headless=True,
+            timeout=30_000,
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+DaemonFactory = Callable[..., Daemon]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[DaemonFactory]:
+    """Start daemons for one test: ``spawn(*flags)`` returns a running one."""
+    started: list[Daemon] = []
+
+    def start(*flags: str) -> Daemon:
+        daemon = Daemon(tmp_path / f"data{len(started)}", *flags)
+        started.append(daemon)
+        return daemon.start()
+
+    yield start
+    failures = []
+    for daemon in started:
+        daemon.stop()
+        bad = [s for s in daemon.exit_statuses if s != 0]
+        if bad:
+            failures.append(f"{daemon.flags}: exit status {bad}\n{daemon.stderr}")
+    if failures:
+        pytest.fail("daemon(s) did not exit cleanly:\n" + "\n".join(failures))
+
+
+class UI:
+    """A page in a fresh browser context, with every console error it logs."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        #: ``console.error`` messages and uncaught exceptions, in order.
+        self.console_errors: list[str] = []
+        #: Uncaught exceptions only (a subset of ``console_errors``).
+        self.page_errors: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", self._on_page_error)
+
+    def _on_console(self, message: Any) -> None:
+        if message.type == "error":
+            self.console_errors.append(f"console.error: {message.text}")
+
+    def _on_page_error(self, error: Any) -> None:
+        self.page_errors.append(f"pageerror: {error}")
+        self.console_errors.append(f"pageerror: {error}")
+
+
+@pytest.fixture
+def ui(
+    browser: Browser, spawn: DaemonFactory, request: pytest.FixtureRequest
+) -> Iterator[UI]:
+    # Depends on ``spawn`` so the screenshot is taken before daemons stop.
+    context = browser.new_context(viewport={"width": 1024, "height": 720})
+    context.set_default_timeout(EXPECT_TIMEOUT_MS)
+    page = context.new_page()
+    helper = UI(page)
+    try:
+        yield helper
+    finally:
+        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        try:
+            page.screenshot(path=str(OUTPUT_DIR / f"{name}.png"), full_page=True)
+        finally:
+            context.close()

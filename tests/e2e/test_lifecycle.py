@@ -1,0 +1,128 @@
+"""Shutdown on SIGTERM, keepalive and the handshake deadline, in real time."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from ._client import (
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    FrameReader,
+    connect,
+    echo,
+    raw_upgrade,
+    ready,
+    recv,
+    send,
+)
+from .conftest import STOP_TIMEOUT_S, DaemonFactory
+
+#: Time clients get to close on shutdown (``--shutdown-grace``).
+GRACE_S = 4.0
+#: How long a shutdown may take when every client answers the close at once.
+SHUTDOWN_S = 2.0
+
+
+def test_sigterm_closes_every_client_with_1001_and_exits_0(
+    spawn_daemon: DaemonFactory,
+):
+    daemon = spawn_daemon("--no-require-token", "--shutdown-grace", str(GRACE_S))
+    with (
+        connect(daemon.ws_url("client_id=idle")) as idle,
+        connect(daemon.ws_url("client_id=busy")) as busy,
+    ):
+        ready(idle)
+        ready(busy)
+        busy.send("sleep:30 a turn that is still running")
+        running = recv(busy)
+        assert running["event"] == "goal_status"
+        assert running["status"] == "running"
+        started = time.monotonic()
+        daemon.terminate()
+        for ws in (idle, busy):
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=STOP_TIMEOUT_S)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1001
+        closed_after = time.monotonic() - started
+        assert daemon.wait() == 0
+        exited_after = time.monotonic() - started
+    # Both clients answer the close frame at once (websockets does), so the
+    # closing handshake completes and nothing waits for a deadline: not the
+    # running turn, not the shutdown grace meant for clients that do not.
+    assert closed_after < SHUTDOWN_S, f"clients saw the close after {closed_after:.1f}s"
+    assert exited_after < SHUTDOWN_S, f"the daemon exited after {exited_after:.1f}s"
+
+
+# --- keepalive ----------------------------------------------------------------
+
+PING_S = 5.0
+
+
+def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(
+    spawn_daemon: DaemonFactory,
+):
+    """Pings every 5 s, 5 s to answer: a raw client that never answers is
+    dropped about 10 s in (``--shutdown-grace 1`` bounds any closing
+    handshake it would never complete), while a ``websockets`` client, which
+    answers pings, stays."""
+    daemon = spawn_daemon(
+        "--no-require-token",
+        "--ping-interval",
+        str(PING_S),
+        "--ping-timeout",
+        str(PING_S),
+        "--shutdown-grace",
+        "1",
+    )
+    assert daemon.port is not None
+    with (
+        connect(daemon.ws_url("client_id=live"), ping_interval=None) as live,
+        raw_upgrade(daemon.host, daemon.port, "/?client_id=silent") as raw,
+    ):
+        live_chat = ready(live)["chat_id"]
+        # The server answers our pings.
+        assert live.ping().wait(5)
+        sock, head, rest, _ = raw
+        assert head.startswith(b"HTTP/1.1 101 ")
+        opened = time.monotonic()
+        sock.settimeout(3 * PING_S)
+        reader = FrameReader(sock, rest)
+        seen: list[tuple[float, int, bytes]] = []
+        while (frame := reader.frame()) is not None:
+            seen.append((time.monotonic() - opened, *frame))
+        dropped = time.monotonic() - opened
+        opcodes = [opcode for _, opcode, _ in seen]
+        assert opcodes[0] == OP_TEXT  # ready
+        assert OP_PING in opcodes
+        first_ping = next(at for at, opcode, _ in seen if opcode == OP_PING)
+        assert PING_S - 1 < first_ping < PING_S + 1.5
+        # Not before the pong was due, and promptly after.
+        assert first_ping + PING_S - 0.5 < dropped < 2 * PING_S + 3
+        if opcodes[-1] == OP_CLOSE:
+            (code,) = struct.unpack("!H", seen[-1][2][:2])
+            assert code != 1000
+        # The client that answered pings is still served.
+        echo(live, live_chat, "still here")
+        assert live.ping().wait(5)
+
+
+def test_a_slow_request_head_is_dropped(spawn_daemon: DaemonFactory):
+    """(ext) the whole head must arrive within ``handshake_timeout_s``."""
+    daemon = spawn_daemon("--no-require-token", "--handshake-timeout", "0.5")
+    with socket.create_connection((daemon.host, daemon.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line
+        started = time.monotonic()
+        assert sock.recv(4096) == b""
+        assert 0.3 < time.monotonic() - started < 3
+    # A prompt client on the same daemon is served as usual.
+    with connect(daemon.ws_url("client_id=prompt")) as ws:
+        ready(ws)
+        send(ws, {"type": "new_chat"})
+        assert recv(ws)["event"] == "attached"
