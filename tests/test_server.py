@@ -16,7 +16,7 @@ import trio.testing
 import trio_websocket
 
 from trio_channel import GoalStatus, Message, RuntimeModelUpdated, TurnEnd
-from trio_channel.session import ClientSession
+from trio_channel.session import ClientSession, Peer
 
 from .memory_server import memory_server, read_head, upgrade_request
 
@@ -308,3 +308,33 @@ async def test_a_bad_agent_event_is_dropped_and_logged(autojump_clock, caplog):
             await server.agent.outbound.send(TurnEnd(chat_id=chat_id, latency_ms=3))
             assert (await client.recv())["event"] == "turn_end"
         assert "dropping an object that is not an event" in caplog.text
+
+
+async def test_metrics_show_what_happened(autojump_clock):
+    async with memory_server(allow_from=("alice",), rate_limit=1) as server:
+        assert (await server.http(upgrade_request("/?client_id=bob")))[0] == 403
+        client = await server.ws("/?client_id=alice")
+        chat_id = (await client.recv())["chat_id"]
+        for text in ("a", "b", "c"):
+            await client.send(text)
+        assert (await client.recv())["detail"] == "rate_limited"
+        await server.agent.outbound.send(Message(chat_id=chat_id, text="hi"))
+        await client.recv()
+        status, body = await server.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 200
+        text = body.decode()
+        for line in (
+            "trio_channel_connections_open 1.0",
+            'trio_channel_handshakes_total{outcome="rejected",status="403"} 1.0',
+            'trio_channel_handshakes_total{outcome="accepted",status="101"} 1.0',
+            "trio_channel_frames_in_total 3.0",
+            "trio_channel_rate_limited_frames_total 1.0",
+            'trio_channel_events_total{type="message"} 1.0',
+        ):
+            assert line in text, line
+
+
+async def test_metrics_need_loopback_or_an_api_token(autojump_clock):
+    async with memory_server(peer=Peer("10.1.2.3", 5)) as server:
+        status, _ = await server.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 401

@@ -83,7 +83,6 @@ _NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
 
 
 @attrs.define(eq=False)
-@attrs.define(eq=False)
 class HttpApp:
     """Answers every plain HTTP request on the channel's port (PROTOCOL 6).
 

@@ -77,6 +77,8 @@ class IssuedTokenStore:
     capacity: int = attrs.field(
         default=MAX_OUTSTANDING_TOKENS, validator=attrs.validators.ge(1)
     )
+    #: Called once per token minted by :meth:`issue` (a metrics hook).
+    on_issue: Callable[[], None] | None = attrs.field(default=None, eq=False)
     # token -> expiry time; never in repr, these are live credentials.
     _expiry: OrderedDict[str, float] = attrs.field(
         factory=OrderedDict, init=False, repr=False, eq=False
@@ -93,6 +95,8 @@ class IssuedTokenStore:
             return None
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self._expiry[token] = now + self.ttl_s
+        if self.on_issue is not None:
+            self.on_issue()
         return token
 
     def adopt(self, token: str, now: float) -> bool:

@@ -20,6 +20,7 @@ from ._wire import abort, close_frame, send_framed, text_frame
 from .bus import InboundMessage
 from .events import Error, ServerEvent, encode_event
 from .media import MediaRejected, check_media, discard_media, save_media
+from .metrics import ChannelMetrics, payload_bytes
 from .outbox import Outbox
 from .protocol import ChatMessage
 from .session import ClientSession, Effects, NeedsMedia, Replay
@@ -65,6 +66,8 @@ class _CloseState:
     #: The peer stopped answering: waiting for its closing handshake is
     #: pointless, so the transport is dropped at once.
     peer_dead: bool = False
+    #: Set when the writer task has ended (drained, or the peer went away).
+    writer_done: trio.Event = attrs.field(factory=trio.Event)
 
     def decide(self, code: int, reason: str, scope: trio.CancelScope) -> None:
         if not self.decided:
@@ -81,6 +84,7 @@ async def run_connection(
     store: SessionStore,
     limits: ConnectionLimits,
     media_dir: Path,
+    metrics: ChannelMetrics,
 ) -> int:
     """Serve ``ws`` until it ends; return the close code we used (or saw)."""
     state = _CloseState()
@@ -88,10 +92,17 @@ async def run_connection(
     try:
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
-            nursery.start_soon(_writer, ws, outbox, state, scope)
+            nursery.start_soon(_writer, ws, outbox, state, scope, metrics)
             nursery.start_soon(_heartbeat, ws, limits, state, scope)
-            nursery.start_soon(_watchdog, outbox, limits, state, scope)
-            await _reader(ws, session, outbox, inbound, store, limits, media_dir, state)
+            nursery.start_soon(_watchdog, outbox, limits, state, scope, metrics)
+            await _reader(
+                ws, session, outbox, inbound, store, limits, media_dir, state, metrics
+            )
+            # Let the writer finish what it is sending (say, the error that
+            # came before a 1009) so the close frame never follows half a frame.
+            outbox.close()
+            with trio.move_on_after(limits.close_timeout_s):
+                await state.writer_done.wait()
             state.decide(ws.closed.code if ws.closed else 1000, "", scope)
     except* Exception:
         # A bug in our own code: tell the client, then let the server log it.
@@ -129,6 +140,7 @@ async def _reader(
     limits: ConnectionLimits,
     media_dir: Path,
     state: _CloseState,
+    metrics: ChannelMetrics,
 ) -> None:
     max_bytes = limits.max_message_bytes
     while True:
@@ -136,6 +148,7 @@ async def _reader(
             message = await ws.get_message()
         except ConnectionClosed:
             return
+        metrics.frame_in(payload_bytes(message))
         if isinstance(message, bytes):
             try:
                 text = message.decode("utf-8")
@@ -252,20 +265,25 @@ async def _writer(
     outbox: Outbox,
     state: _CloseState,
     scope: trio.CancelScope,
+    metrics: ChannelMetrics,
 ) -> None:
-    while True:
-        try:
-            data = await outbox.take_all()
-        except trio.EndOfChannel:
-            return
-        state.writing = True
-        try:
-            await send_framed(ws, data)
-        except ConnectionClosed:
+    try:
+        while True:
+            try:
+                data = await outbox.take_all()
+            except trio.EndOfChannel:
+                return
+            state.writing = True
+            try:
+                await send_framed(ws, data)
+            except ConnectionClosed:
+                state.writing = False
+                scope.cancel()
+                return
             state.writing = False
-            scope.cancel()
-            return
-        state.writing = False
+            metrics.frames_out(outbox.last_batch, len(data))
+    finally:
+        state.writer_done.set()
 
 
 async def _heartbeat(
@@ -294,7 +312,9 @@ async def _watchdog(
     limits: ConnectionLimits,
     state: _CloseState,
     scope: trio.CancelScope,
+    metrics: ChannelMetrics,
 ) -> None:
     await outbox.wait_until_stalled(limits.slow_consumer_timeout_s)
     log.info("closing a slow consumer (send queue stayed full)")
+    metrics.slow_consumer_closed()
     state.decide(TRY_AGAIN_LATER, "slow consumer", scope)

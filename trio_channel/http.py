@@ -63,7 +63,10 @@ async def read_request_head(
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            return BadRequest(exc.error_status_hint)
+            # h11 hints 400, 431 or (unknown transfer coding) 501; we promise
+            # 400 or 431.
+            status = exc.error_status_hint
+            return BadRequest(status if status in (400, 431) else 400)
         if event is h11.NEED_DATA:
             data = await stream.receive_some(_RECEIVE_BYTES)
             if not data and not raw:
@@ -117,7 +120,7 @@ def upgrade_request_bytes(head: RequestHead) -> bytes | BadRequest:
     key = head.headers.get("sec-websocket-key", "").strip()
     version = head.headers.get("sec-websocket-version", "").strip()
     host = head.headers.get("host", "")
-    if not key or not host or "," in key or "," in host:
+    if not key or not host or "," in key or "," in host or not _idna_ok(host):
         return BadRequest(400)
     if version != "13":
         return BadRequest(426 if version else 400)
@@ -127,6 +130,15 @@ def upgrade_request_bytes(head: RequestHead) -> bytes | BadRequest:
         "Sec-WebSocket-Version: 13\r\n\r\n"
     )
     return canonical.encode("latin-1") + head.trailing
+
+
+def _idna_ok(host: str) -> bool:
+    """wsproto decodes ``Host`` as IDNA and fails the whole task if it cannot."""
+    try:
+        host.encode("ascii").decode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def response_bytes(

@@ -36,6 +36,8 @@ class Outbox:
     #: trio time at which the queue became full; None while not full.
     full_since: float | None = attrs.field(default=None, init=False)
     overflowed: bool = attrs.field(default=False, init=False)
+    #: How many frames the last :meth:`take_all` returned.
+    last_batch: int = attrs.field(default=0, init=False)
     closed: bool = attrs.field(default=False, init=False)
 
     def __len__(self) -> int:
@@ -73,6 +75,7 @@ class Outbox:
             await self._writer_lot.park()
         frames = self._frames
         data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.last_batch = len(frames)
         frames.clear()
         self._room_lot.unpark_all()
         if self.full_since is not None:

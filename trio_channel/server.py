@@ -47,6 +47,7 @@ from .http import (
 )
 from .hub import ChatHub, ChatSeed, ChatState
 from .media import MediaSigner, load_or_create_secret
+from .metrics import ChannelMetrics
 from .outbox import Outbox
 from .rewrite import MediaLinker
 from .scope import DefaultScopePolicy, ScopePolicy
@@ -89,6 +90,7 @@ class Channel:
     store: SessionStore = attrs.field(init=False)
     tokens: IssuedTokenStore = attrs.field(init=False)
     open_connections: int = attrs.field(default=0, init=False)
+    metrics: ChannelMetrics = attrs.field(factory=ChannelMetrics, init=False)
     #: Signs media URLs; its secret is loaded from ``data_dir`` by serve().
     signer: MediaSigner | None = attrs.field(default=None, init=False)
     linker: MediaLinker | None = attrs.field(default=None, init=False)
@@ -108,6 +110,12 @@ class Channel:
                 else str(Path(cfg.data_dir).expanduser() / STORE_FILE)
             ),
             history_limit=cfg.history_limit,
+            on_flush=self.metrics.store_flushed,
+        )
+        self.tokens.on_issue = self.metrics.token_issued
+        self.metrics.set_gauge_sources(
+            lambda: self.tokens.outstanding(trio.current_time()),
+            lambda: self.store.queue_depth,
         )
         self.hub = ChatHub(load_chat=self._load_chat, on_change=self._chat_changed)
 
@@ -200,6 +208,7 @@ class Channel:
             store=self.store,
             hub=self.hub,
             signer=self.signer,
+            metrics_text=self.metrics.render,
             webui_dir=WEBUI_DIR if self.config.webui else None,
         )
 
@@ -241,6 +250,7 @@ class Channel:
         if head_scope.cancelled_caught or head is None:
             return
         if isinstance(head, BadRequest):
+            self.metrics.handshake(head.status)
             await respond(stream, head.status, b"Bad Request")
             return
         if not is_upgrade(head, cfg.path):
@@ -256,6 +266,7 @@ class Channel:
         # steps, so it never spends a token.
         request_bytes = upgrade_request_bytes(head)
         if isinstance(request_bytes, BadRequest):
+            self.metrics.handshake(request_bytes.status)
             await respond(stream, request_bytes.status, b"Bad WebSocket handshake")
             return
         _, query = split_target(head.target)
@@ -267,6 +278,7 @@ class Channel:
             open_connections=self.open_connections,
         )
         if not isinstance(decision, Accept):
+            self.metrics.handshake(decision.status)
             await respond(stream, decision.status, decision.body.encode())
             return
         self.open_connections += 1
@@ -283,7 +295,12 @@ class Channel:
                 if accept_scope.cancelled_caught:
                     nursery.cancel_scope.cancel()
                     return
-                await self._run(ws, decision.client_id, peer)
+                self.metrics.handshake(101)
+                self.metrics.connection_opened()
+                try:
+                    await self._run(ws, decision.client_id, peer)
+                finally:
+                    self.metrics.connection_closed()
                 nursery.cancel_scope.cancel()
         finally:
             self.open_connections -= 1
@@ -304,6 +321,7 @@ class Channel:
             cfg=cfg,
             scope_policy=self.scope_policy,
             wall_clock=time.time,
+            on_rate_limited=self.metrics.rate_limited,
         )
         if self._draining:
             return
@@ -327,6 +345,7 @@ class Channel:
             outbox,
             inbound=self.bus.inbound,
             store=self.store,
+            metrics=self.metrics,
             limits=ConnectionLimits(
                 max_message_bytes=cfg.max_message_bytes,
                 ping_interval_s=cfg.ping_interval_s,
@@ -396,6 +415,7 @@ class Channel:
         """
         hub = self.hub
         hub.observe(event)
+        self.metrics.event(type(event).__struct_config__.tag)  # type: ignore[arg-type]
         if isinstance(event, RuntimeModelUpdated):
             data = text_frame(encode_event(event))
             return _put_all(hub.connections, data)

@@ -118,6 +118,8 @@ class ClientSession:
     cfg: ChannelConfig
     scope_policy: ScopePolicy
     wall_clock: Callable[[], float]
+    #: Called for every frame dropped by the rate limit (a metrics hook).
+    on_rate_limited: Callable[[], None] | None = None
     default_chat: str = attrs.field(factory=_new_chat_id)
     limiter: TokenBucket = attrs.field(init=False)
 
@@ -145,6 +147,8 @@ class ClientSession:
         if not text.strip():
             return Effects()
         if not self.limiter.allow(now):
+            if self.on_rate_limited is not None:
+                self.on_rate_limited()
             return Effects([Error(detail=RATE_LIMITED)])
         request = parse_frame(text)
         if request is None:
