@@ -7,6 +7,7 @@ autojumping clock would race it); nothing here sleeps.
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 
 from trio_channel import Delta, GoalState, Message, StreamEnd
 
@@ -51,7 +52,7 @@ async def test_reconnecting_mid_stream_loses_nothing_and_duplicates_nothing():
                 await server.agent.outbound.send(
                     Delta(chat_id=chat_id, text=f"<{i}>", stream_id="s1")
                 )
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             await server.agent.outbound.send(StreamEnd(chat_id=chat_id, stream_id="s1"))
 
         async with trio.open_nursery() as nursery:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 
 from trio_channel.store import SessionStore
 
@@ -42,7 +43,11 @@ def texts(events: list[tuple[int, bytes]]) -> list[tuple[int, str]]:
 
 async def test_seq_starts_at_one_per_chat_without_gaps(db_path):
     async with open_store(db_path) as store:
-        assert [store.append_event("a", event(str(i)))[0] for i in range(3)] == [1, 2, 3]
+        assert [store.append_event("a", event(str(i)))[0] for i in range(3)] == [
+            1,
+            2,
+            3,
+        ]
         assert store.append_event("b", event("x"))[0] == 1
         seq, payload = store.append_event("a", event("y"))
         assert seq == 4
@@ -71,7 +76,7 @@ async def test_reads_during_concurrent_writes_have_no_gap_or_duplicate(db_path):
             for i in range(2000):
                 store.append_event("c", event(str(i)))
                 if i % 7 == 0:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         nursery.start_soon(produce)
         seen: list[int] = []
