@@ -28,3 +28,14 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".", "mypy")
     session.run("mypy", "--strict", "trio_channel")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """trio_channel against a bare trio-websocket server (docs/benchmarks.md).
+
+    Not part of the default sessions: it takes about 3 minutes on 2 cores.
+    ``nox -s bench -- --quick`` is a 20-second smoke run.
+    """
+    session.install("-e", ".", "websockets", "psutil")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -101,20 +101,7 @@ class RuntimeModelUpdated(_Event, tag="runtime_model_updated", kw_only=True):
     model_preset: str | None = None
 
 
-#: Everything an agent may put on the outbound channel.
-AgentEvent = (
-    Message
-    | Delta
-    | StreamEnd
-    | ReasoningDelta
-    | ReasoningEnd
-    | FileEdit
-    | TurnEnd
-    | GoalState
-    | GoalStatus
-    | SessionUpdated
-    | RuntimeModelUpdated
-)
+#: Events about one chat (they carry ``chat_id``).
 ChatEvent = (
     Message
     | Delta
@@ -127,6 +114,8 @@ ChatEvent = (
     | GoalStatus
     | SessionUpdated
 )
+#: Everything an agent may put on the outbound channel.
+AgentEvent = ChatEvent | RuntimeModelUpdated
 
 
 # --- events only the server sends --------------------------------------
