@@ -41,6 +41,7 @@ _T = TypeVar("_T")
 
 DEFAULT_HISTORY_LIMIT = 10_000
 DEFAULT_QUEUE_SIZE = 8192
+DEFAULT_FLUSH_INTERVAL_S = 0.02
 
 _json = msgspec.json.Encoder()
 _unjson = msgspec.json.Decoder()
@@ -135,6 +136,12 @@ class SessionStore:
     wall_clock: Callable[[], float] = time.time
     #: Called with each batch's commit time in seconds (metrics hook).
     on_flush: Callable[[float], None] | None = None
+    #: How long the writer gathers writes before committing them as one
+    #: batch: fewer transactions and thread hops under load, at the price of
+    #: what a kill -9 may lose (see docs/operations.md). At most 50 ms.
+    flush_interval_s: float = attrs.field(
+        default=DEFAULT_FLUSH_INTERVAL_S, validator=attrs.validators.le(0.05)
+    )
 
     _chats: dict[str, ChatMeta] = attrs.field(factory=dict, init=False)
     _pending: dict[str, deque[tuple[int, bytes]]] = attrs.field(
@@ -160,6 +167,8 @@ class SessionStore:
     _requested: int = attrs.field(default=0, init=False)
     _committed: int = attrs.field(default=0, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    #: Someone waits for a commit: the writer skips gathering.
+    _urgent: bool = attrs.field(default=False, init=False)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -177,6 +186,11 @@ class SessionStore:
             while True:
                 while not self._ops and not self._dirty and not self._deleted:
                     await self._writer_lot.park()
+                # Gather a batch, unless someone waits on flush() or the
+                # queue is half full.
+                with trio.move_on_after(self.flush_interval_s):
+                    while not self._urgent and len(self._ops) < self.queue_size // 2:
+                        await self._writer_lot.park()
                 await self._flush()
         finally:
             with trio.CancelScope(shield=True):
@@ -300,6 +314,7 @@ class SessionStore:
     async def flush(self) -> None:
         """Wait until every write asked for so far is committed."""
         target = self._requested
+        self._urgent = True
         self._writer_lot.unpark_all()
         while self._committed < target and not self._closed:
             await self._flushed_lot.park()
@@ -333,11 +348,13 @@ class SessionStore:
 
     def _queue(self, op: _Op) -> None:
         self._ops.append(op)
-        if len(self._ops) == 1:
+        depth = len(self._ops)
+        if depth == 1 or depth == self.queue_size // 2:
             self._writer_lot.unpark_all()
 
     async def _flush(self) -> None:
         async with self._lock:
+            self._urgent = False
             upto = self._requested
             ops, self._ops = self._ops, deque()
             dirty, self._dirty = self._dirty, set()
