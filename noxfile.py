@@ -35,7 +35,7 @@ def bench(session: nox.Session) -> None:
     """trio_channel against a bare trio-websocket server (docs/benchmarks.md).
 
     Not part of the default sessions: it takes about 3 minutes on 2 cores.
-    ``nox -s bench -- --quick`` is a 20-second smoke run.
+    ``nox -s bench -- --quick`` is a 30-second smoke run.
     """
     session.install("-e", ".", "websockets", "psutil")
     session.run("python", "benchmarks/run.py", *session.posargs)
