@@ -119,7 +119,8 @@ async def _serve(cfg: ChannelConfig, agent: AgentFunction) -> None:
             nursery.start_soon(_run_agent, agent, agent_ends, nursery.cancel_scope)
             urls: list[str] = await nursery.start(channel.serve)
             for url in urls:
-                log.info("listening on %s", url)
+                # Printed whatever the log level: scripts wait for this line.
+                print(f"trio-channel: listening on {url}", file=sys.stderr, flush=True)
             async for signum in signals:
                 log.info(
                     "%s: closing every connection (1001)", signal.Signals(signum).name

@@ -10,6 +10,7 @@ code is sent exactly once on the way out. Subscriptions are dropped in a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -66,6 +67,8 @@ class _CloseState:
     #: The peer stopped answering: waiting for its closing handshake is
     #: pointless, so the transport is dropped at once.
     peer_dead: bool = False
+    #: A keepalive ping is out, waiting for its pong.
+    pinging: bool = False
     #: Set when the writer task has ended (drained, or the peer went away).
     writer_done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -85,16 +88,32 @@ async def run_connection(
     limits: ConnectionLimits,
     media_dir: Path,
     metrics: ChannelMetrics,
+    keepalive: dict[Outbox, Callable[[], None]],
 ) -> int:
-    """Serve ``ws`` until it ends; return the close code we used (or saw)."""
+    """Serve ``ws`` until it ends; return the close code we used (or saw).
+
+    Two tasks run for the whole connection (reader and writer). The ping
+    and the slow-consumer watchdog are started only when needed: the server's
+    one keepalive task calls the function this connection registers in
+    ``keepalive``, and the outbox starts the watchdog when it first fills up.
+    """
     state = _CloseState()
     outbox.put_many([frame(e) for e in session.start()])
     try:
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
             nursery.start_soon(_writer, ws, outbox, state, scope, metrics)
-            nursery.start_soon(_heartbeat, ws, limits, state, scope)
-            nursery.start_soon(_watchdog, outbox, limits, state, scope, metrics)
+
+            def ping_now() -> None:
+                if not state.pinging:
+                    state.pinging = True
+                    nursery.start_soon(_ping, ws, limits, state, scope)
+
+            def start_watchdog() -> None:
+                nursery.start_soon(_watchdog, outbox, limits, state, scope, metrics)
+
+            outbox.on_full = start_watchdog
+            keepalive[outbox] = ping_now
             await _reader(
                 ws, session, outbox, inbound, store, limits, media_dir, state, metrics
             )
@@ -109,6 +128,7 @@ async def run_connection(
         state.code, state.reason = INTERNAL_ERROR, "internal error"
         raise
     finally:
+        keepalive.pop(outbox, None)
         session.close()
         outbox.close()
         with trio.CancelScope(shield=True), trio.move_on_after(limits.close_timeout_s):
@@ -273,6 +293,14 @@ async def _writer(
                 data = await outbox.take_all()
             except trio.EndOfChannel:
                 return
+            frames = outbox.last_batch
+            # One scheduler pass lets the dispatcher queue what it has in hand
+            # (say, the rest of a turn), so one send_all carries more frames.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            more = outbox.take_nowait()
+            if more:
+                data += more
+                frames += outbox.last_batch
             state.writing = True
             try:
                 await send_framed(ws, data)
@@ -281,30 +309,31 @@ async def _writer(
                 scope.cancel()
                 return
             state.writing = False
-            metrics.frames_out(outbox.last_batch, len(data))
+            metrics.frames_out(frames, len(data))
     finally:
         state.writer_done.set()
 
 
-async def _heartbeat(
+async def _ping(
     ws: WebSocketConnection,
     limits: ConnectionLimits,
     state: _CloseState,
     scope: trio.CancelScope,
 ) -> None:
-    while True:
-        await trio.sleep(limits.ping_interval_s)
+    """One keepalive ping; no pong within ``ping_timeout_s`` closes the peer."""
+    try:
         with trio.move_on_after(limits.ping_timeout_s) as ping_scope:
             try:
                 await ws.ping()
             except ConnectionClosed:
                 scope.cancel()
                 return
-        if ping_scope.cancelled_caught:
-            log.info("closing a connection: no pong within %ss", limits.ping_timeout_s)
-            state.peer_dead = True
-            state.decide(INTERNAL_ERROR, "keepalive ping timeout", scope)
-            return
+    finally:
+        state.pinging = False
+    if ping_scope.cancelled_caught:
+        log.info("closing a connection: no pong within %ss", limits.ping_timeout_s)
+        state.peer_dead = True
+        state.decide(INTERNAL_ERROR, "keepalive ping timeout", scope)
 
 
 async def _watchdog(

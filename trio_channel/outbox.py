@@ -14,6 +14,7 @@ and the watchdog closes the connection at once. Memory stays bounded.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -38,6 +39,10 @@ class Outbox:
     overflowed: bool = attrs.field(default=False, init=False)
     #: How many frames the last :meth:`take_all` returned.
     last_batch: int = attrs.field(default=0, init=False)
+    #: Called the first time the queue fills up or overflows, so the
+    #: connection starts its watchdog only when it may need one (an idle
+    #: connection then costs one task less).
+    on_full: Callable[[], None] | None = attrs.field(default=None, init=False)
     closed: bool = attrs.field(default=False, init=False)
 
     def __len__(self) -> int:
@@ -52,6 +57,7 @@ class Outbox:
             self._frames.clear()
             self._watch_lot.unpark_all()
             self._writer_lot.unpark_all()
+            self._notify_full()
             return False
         self._frames.append(frame)
         if len(self._frames) == 1:
@@ -59,7 +65,13 @@ class Outbox:
         if self.full_since is None and len(self._frames) >= self.soft_limit:
             self.full_since = trio.current_time()
             self._watch_lot.unpark_all()
+            self._notify_full()
         return True
+
+    def _notify_full(self) -> None:
+        on_full, self.on_full = self.on_full, None
+        if on_full is not None:
+            on_full()
 
     def put_many(self, frames: list[bytes]) -> bool:
         return all(self.put(frame) for frame in frames)
@@ -73,7 +85,14 @@ class Outbox:
             if self.closed or self.overflowed:
                 raise trio.EndOfChannel
             await self._writer_lot.park()
+        return self.take_nowait()
+
+    def take_nowait(self) -> bytes:
+        """Every queued frame joined (``b""`` when none); never waits."""
         frames = self._frames
+        if not frames:
+            self.last_batch = 0
+            return b""
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         self.last_batch = len(frames)
         frames.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -59,6 +59,8 @@ log = logging.getLogger("trio_channel.server")
 #: trio-websocket's own inbox, between its reader task and ours. Small: the
 #: bound that matters is the bus, and a full inbox stops reading the socket.
 WS_INBOX_MESSAGES = 4
+#: Events the dispatcher publishes before it yields to other tasks.
+DISPATCH_BATCH = 256
 #: The SQLite file of the session store, inside ``data_dir``.
 STORE_FILE = "sessions.sqlite3"
 #: The bundled chat page (package data).
@@ -99,15 +101,23 @@ class Channel:
     #: Each running connection's cancel scope, so a drain can close them all.
     _live: dict[Outbox, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _draining: bool = attrs.field(default=False, init=False)
+    _data_dir: Path = attrs.field(init=False)
+    _media_dir: Path = attrs.field(init=False)
+    #: Each running connection's "send a keepalive ping now".
+    _keepalive_pings: dict[Outbox, Callable[[], None]] = attrs.field(
+        factory=dict, init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
+        self._data_dir = Path(cfg.data_dir).expanduser()
+        self._media_dir = self._data_dir / "media"
         self.tokens = IssuedTokenStore(ttl_s=cfg.token_ttl_s)
         self.store = SessionStore(
             path=(
                 ":memory:"
                 if cfg.session_store == "memory"
-                else str(Path(cfg.data_dir).expanduser() / STORE_FILE)
+                else str(self._data_dir / STORE_FILE)
             ),
             history_limit=cfg.history_limit,
             on_flush=self.metrics.store_flushed,
@@ -132,11 +142,11 @@ class Channel:
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.config.data_dir).expanduser()
+        return self._data_dir
 
     @property
     def media_dir(self) -> Path:
-        return self.data_dir / "media"
+        return self._media_dir
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -173,6 +183,7 @@ class Channel:
             # The store loads every chat before the first client can attach.
             await root.start(self.store.run)
             root.start_soon(self._dispatch)
+            root.start_soon(self._keepalive)
             # Connections live in a shielded nursery: cancelling serve() must
             # not kill trio-websocket's reader tasks before the closing
             # handshakes are done. _drain_on_cancel turns the cancellation
@@ -217,6 +228,13 @@ class Channel:
         if self._http_app is None:
             raise RuntimeError("serve() or serve_listeners() has not started yet")
         return self._http_app
+
+    async def _keepalive(self) -> None:
+        """Ping every connection each ``ping_interval_s``, from one task."""
+        while True:
+            await trio.sleep(self.config.ping_interval_s)
+            for ping in list(self._keepalive_pings.values()):
+                ping()
 
     async def _drain_on_cancel(
         self, accepting: trio.CancelScope, connections: trio.Nursery
@@ -346,6 +364,7 @@ class Channel:
             inbound=self.bus.inbound,
             store=self.store,
             metrics=self.metrics,
+            keepalive=self._keepalive_pings,
             limits=ConnectionLimits(
                 max_message_bytes=cfg.max_message_bytes,
                 ping_interval_s=cfg.ping_interval_s,
@@ -362,20 +381,23 @@ class Channel:
         """Fan every agent event out; never waits on a client socket.
 
         It waits only when the store's write queue is full (back-pressure on
-        the agent), never per event.
+        the agent), never per event; and it publishes everything already on
+        the channel before yielding, so the writers wake up to whole batches.
         """
         store = self.store
-        async with self.bus.outbound:
-            async for event in self.bus.outbound:
-                if not isinstance(event, AGENT_EVENT_TYPES):
-                    log.error("dropping an object that is not an event: %r", event)
-                    continue
-                try:
-                    self.publish(await self._prepare(event))
-                except (TypeError, ValueError, msgspec.EncodeError):
-                    log.exception("dropping an event the agent sent: %r", event)
-                if store.queue_depth >= store.queue_size:
-                    await store.wait_for_room()
+        outbound = self.bus.outbound
+        async with outbound:
+            async for first in outbound:
+                for event in _already_queued(first, outbound):
+                    if not isinstance(event, AGENT_EVENT_TYPES):
+                        log.error("dropping an object that is not an event: %r", event)
+                        continue
+                    try:
+                        self.publish(await self._prepare(event))
+                    except (TypeError, ValueError, msgspec.EncodeError):
+                        log.exception("dropping an event the agent sent: %r", event)
+                    if store.queue_depth >= store.queue_size:
+                        await store.wait_for_room()
 
     async def _prepare(self, event: AgentEvent) -> AgentEvent:
         """Complete an agent event before it is published.
@@ -437,6 +459,18 @@ class Channel:
                 outbox.put(data)
                 count += 1
         return count
+
+
+def _already_queued(
+    first: AgentEvent, channel: trio.MemoryReceiveChannel[AgentEvent]
+) -> Iterator[AgentEvent]:
+    """``first``, then what is already waiting on ``channel`` (at most 256)."""
+    yield first
+    for _ in range(DISPATCH_BATCH - 1):
+        try:
+            yield channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
 
 
 def _encode_with_seq(event: AgentEvent, seq: int) -> bytes:
