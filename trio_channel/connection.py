@@ -265,8 +265,11 @@ async def _deliver(
         store.append_user_message(
             message.chat_id, message.client_id, message.content, message.media
         )
-        # Blocks while the agent is behind: we stop reading this socket.
-        await inbound.send(message)
+        try:
+            inbound.send_nowait(message)
+        except trio.WouldBlock:
+            # The agent is behind: wait, and so stop reading this socket.
+            await inbound.send(message)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         log.error("the agent stopped receiving messages; closing the connection")
         if message.media:

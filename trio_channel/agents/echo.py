@@ -9,10 +9,11 @@ Per inbound message it reports ``goal_status`` running, then answers:
 - anything else: a ``message`` echoing the content, with the message's media
   paths;
 
-then ``turn_end`` with ``latency_ms`` and ``goal_status`` idle. Chats are
-answered concurrently (a ``sleep:`` in one chat does not hold up another),
-at most :data:`MAX_CONCURRENT_TURNS` at a time; past that the agent stops
-taking messages, which back-pressures the server.
+then ``turn_end`` with ``latency_ms`` and ``goal_status`` idle. Turns that
+wait (``sleep:``) run in tasks of their own, so they do not hold up other
+chats, at most :data:`MAX_CONCURRENT_TURNS` at a time (past that the agent
+stops taking messages, which back-pressures the server); every other turn is
+answered as it arrives, without a task or a scheduler pass of its own.
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ async def echo_agent(
     turns = trio.Semaphore(MAX_CONCURRENT_TURNS)
     async with inbound, outbound, trio.open_nursery() as nursery:
         async for message in inbound:
-            await turns.acquire()
-            nursery.start_soon(_turn, message, outbound, turns)
+            if _SLEEP_RE.fullmatch(message.content.strip()):
+                # Only a turn that waits needs a task of its own.
+                await turns.acquire()
+                nursery.start_soon(_turn, message, outbound, turns)
+            else:
+                try:
+                    await answer(message, outbound)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the server is gone; nobody is left to answer
 
 
 async def _turn(
@@ -59,14 +67,24 @@ async def _turn(
         turns.release()
 
 
+async def _emit(
+    outbound: trio.MemorySendChannel[AgentEvent], event: AgentEvent
+) -> None:
+    """Send without a scheduler pass when there is room (the common case)."""
+    try:
+        outbound.send_nowait(event)
+    except trio.WouldBlock:
+        await outbound.send(event)
+
+
 async def answer(
     message: InboundMessage, outbound: trio.MemorySendChannel[AgentEvent]
 ) -> None:
     """Run one turn for ``message``, sending events as they are produced."""
     chat_id = message.chat_id
     started = trio.current_time()
-    await outbound.send(
-        GoalStatus(chat_id=chat_id, status="running", started_at=time.time())
+    await _emit(
+        outbound, GoalStatus(chat_id=chat_id, status="running", started_at=time.time())
     )
     content = message.content.strip()
     streaming = bool(message.metadata.get("streaming", True))
@@ -78,23 +96,24 @@ async def answer(
         if streaming:
             stream_id = uuid.uuid4().hex
             for chunk in chunks:
-                await outbound.send(
-                    Delta(chat_id=chat_id, text=chunk, stream_id=stream_id)
+                await _emit(
+                    outbound, Delta(chat_id=chat_id, text=chunk, stream_id=stream_id)
                 )
-            await outbound.send(StreamEnd(chat_id=chat_id, stream_id=stream_id))
+            await _emit(outbound, StreamEnd(chat_id=chat_id, stream_id=stream_id))
         else:
-            await outbound.send(Message(chat_id=chat_id, text="".join(chunks)))
+            await _emit(outbound, Message(chat_id=chat_id, text="".join(chunks)))
     elif sleep and float(sleep.group(1)) <= MAX_SLEEP_S:
         await trio.sleep(float(sleep.group(1)))
-        await outbound.send(Message(chat_id=chat_id, text=message.content))
+        await _emit(outbound, Message(chat_id=chat_id, text=message.content))
     else:
-        await outbound.send(
+        await _emit(
+            outbound,
             Message(
                 chat_id=chat_id,
                 text=message.content,
                 media=list(message.media) or None,
-            )
+            ),
         )
     latency_ms = round((trio.current_time() - started) * 1000)
-    await outbound.send(TurnEnd(chat_id=chat_id, latency_ms=latency_ms))
-    await outbound.send(GoalStatus(chat_id=chat_id, status="idle"))
+    await _emit(outbound, TurnEnd(chat_id=chat_id, latency_ms=latency_ms))
+    await _emit(outbound, GoalStatus(chat_id=chat_id, status="idle"))
