@@ -21,11 +21,14 @@ run wherever the page is rendered (the server renders inside trio, where
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .events import AgentEvent
 
 __all__ = ["ChannelMetrics", "metrics_allowed", "payload_bytes"]
 
@@ -34,19 +37,9 @@ __all__ = ["ChannelMetrics", "metrics_allowed", "payload_bytes"]
 #: rate-limited handshakes). Others still count, through ``labels()``.
 KNOWN_HANDSHAKE_STATUSES = (101, 400, 401, 403, 429, 431, 503)
 
-#: Agent event types (PROTOCOL 4) bound up front.
-KNOWN_EVENT_TYPES = (
-    "message",
-    "delta",
-    "stream_end",
-    "reasoning_delta",
-    "reasoning_end",
-    "file_edit",
-    "turn_end",
-    "goal_state",
-    "goal_status",
-    "session_updated",
-    "runtime_model_updated",
+#: Agent event types (PROTOCOL 4) bound up front, from the event Structs.
+KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(
+    str(event_type.__struct_config__.tag) for event_type in typing.get_args(AgentEvent)
 )
 
 #: Bounds the ``type`` label: past this many distinct types, new ones are
