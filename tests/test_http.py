@@ -12,7 +12,6 @@ from trio_channel import ChannelConfig
 from trio_channel.auth import IssuedTokenStore
 from trio_channel.http import (
     BadRequest,
-    ReplayStream,
     RequestHead,
     is_upgrade,
     read_request_head,
@@ -59,15 +58,6 @@ async def test_garbage_is_a_400_and_silence_is_none():
 async def test_a_huge_head_is_a_431_even_when_complete():
     big = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
     assert await _read(big, 65536) == BadRequest(431)
-
-
-async def test_replay_stream_yields_the_prefix_first():
-    a, b = trio.testing.memory_stream_pair()
-    replay = ReplayStream(b, b"hello ")
-    await a.send_all(b"world")
-    assert await replay.receive_some(3) == b"hel"
-    assert await replay.receive_some() == b"lo "
-    assert await replay.receive_some() == b"world"
 
 
 def _head(target: str, method: str = "GET", **headers: str) -> RequestHead:

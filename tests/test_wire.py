@@ -36,7 +36,12 @@ def test_the_trio_websocket_internals_we_use_still_exist():
     source = inspect.getsource(trio_websocket.WebSocketConnection)
     for name in ("self._stream", "self._stream_lock", "self._wsproto"):
         assert name in source, name
-    for method in ("_abort_web_socket", "_close_stream"):
+    for method in (
+        "_abort_web_socket",
+        "_close_stream",
+        "_reader_task",
+        "_get_request",
+    ):
         assert callable(getattr(trio_websocket.WebSocketConnection, method)), method
     send = inspect.getsource(trio_websocket.WebSocketConnection._send)
     assert "async with self._stream_lock" in send

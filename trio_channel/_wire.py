@@ -11,7 +11,8 @@ one ``send_all`` (:func:`send_framed`).
 ``send_framed`` uses three private attributes of
 ``trio_websocket.WebSocketConnection`` (``_stream``, ``_stream_lock``,
 ``_wsproto``) and the private ``_abort_web_socket()``, exactly as the
-library's own ``_send`` does; :func:`abort` uses ``_close_stream()``.
+library's own ``_send`` does; :func:`abort` uses ``_close_stream()``, and
+:func:`accept_websocket` ``_reader_task()`` and ``_get_request()``.
 ``pyproject.toml`` pins ``trio-websocket`` to 0.12.x and
 ``tests/test_wire.py`` fails loudly if those names change.
 """
@@ -22,6 +23,7 @@ import struct
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 
 _FIN_TEXT = 0x81
@@ -44,6 +46,34 @@ def close_frame(code: int, reason: str = "") -> bytes:
     """An unmasked close frame (RFC 6455 5.5.1); reason cut to fit 125 bytes."""
     body = struct.pack("!H", code) + reason.encode()[:123]
     return struct.pack("!BB", _FIN_CLOSE, len(body)) + body
+
+
+async def accept_websocket(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    request: bytes,
+    *,
+    message_queue_size: int,
+    max_message_size: int,
+) -> WebSocketConnection:
+    """Complete a server handshake whose request head we already read.
+
+    ``trio_websocket.wrap_server_stream`` does the same but wants to read
+    the head from the stream itself; feeding it to wsproto first spares a
+    stream wrapper that would sit under every receive of the connection.
+    The body is ``wrap_server_stream``'s, with ``receive_data`` added.
+    """
+    protocol = WSConnection(ConnectionType.SERVER)
+    protocol.receive_data(request)
+    connection = WebSocketConnection(
+        stream,
+        protocol,
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+    )
+    nursery.start_soon(connection._reader_task)
+    proposal = await connection._get_request()
+    return await proposal.accept()
 
 
 async def send_framed(ws: WebSocketConnection, data: bytes) -> None:

@@ -1,8 +1,9 @@
 """The plain-HTTP front that shares the port with the WebSocket upgrade.
 
 :func:`read_request_head` reads exactly one request head with h11 (bounded to
-:data:`MAX_HEAD_BYTES`; the caller bounds the time), keeping every byte read
-so an upgrade can be replayed into trio-websocket (:class:`ReplayStream`).
+:data:`MAX_HEAD_BYTES`; the caller bounds the time), keeping the bytes read
+past it; :func:`upgrade_request_bytes` turns an upgrade into the canonical
+head that trio-websocket is then given (see ``_wire.accept_websocket``).
 :func:`is_upgrade` applies PROTOCOL 1 step 1, and :func:`respond` writes one
 small response and ends the exchange: every plain HTTP request is answered
 with ``Connection: close``.
@@ -181,34 +182,3 @@ async def respond(
         await stream.send_all(response_bytes(status, body, content_type=content_type))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
-
-
-@attrs.define(eq=False)
-class ReplayStream(trio.abc.Stream):
-    """A stream that first yields ``prefix`` (the bytes the front already read).
-
-    Lets trio-websocket parse the upgrade request itself after h11 routed it,
-    without reaching into either library.
-    """
-
-    inner: trio.abc.Stream
-    prefix: bytes
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self.prefix:
-            if max_bytes is None or max_bytes >= len(self.prefix):
-                data, self.prefix = self.prefix, b""
-            else:
-                data, self.prefix = self.prefix[:max_bytes], self.prefix[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

@@ -22,7 +22,7 @@ import trio
 import trio_websocket
 
 from . import listeners as _listeners
-from ._wire import text_frame
+from ._wire import accept_websocket, text_frame
 from .api import HttpApp
 from .auth import Accept, IssuedTokenStore, decide_handshake, split_target
 from .bus import ServerBusEnds
@@ -38,7 +38,6 @@ from .events import (
 )
 from .http import (
     BadRequest,
-    ReplayStream,
     RequestHead,
     is_upgrade,
     read_request_head,
@@ -303,13 +302,13 @@ class Channel:
         try:
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(cfg.handshake_timeout_s) as accept_scope:
-                    request = await trio_websocket.wrap_server_stream(
+                    ws = await accept_websocket(
                         nursery,
-                        ReplayStream(stream, request_bytes),
+                        stream,
+                        request_bytes,
                         message_queue_size=WS_INBOX_MESSAGES,
                         max_message_size=cfg.max_message_bytes,
                     )
-                    ws = await request.accept()
                 if accept_scope.cancelled_caught:
                     nursery.cancel_scope.cancel()
                     return
