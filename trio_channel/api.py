@@ -7,7 +7,7 @@ the rest of the front does. The decisions are the pure functions of
 :mod:`trio_channel.routes`; this module only moves bytes around them:
 
 - files (media up to 20 MiB, the page's assets) are opened and read in a
-  worker thread and sent in :data:`CHUNK_BYTES` pieces, never whole;
+  worker thread and sent in pieces (:mod:`trio_channel.responder`), never whole;
 - a chat's history is read from the store in pages of :data:`HISTORY_PAGE`
   events and sent as it is read (chunked), so one request never holds more
   than a page of events;
@@ -20,16 +20,12 @@ Responses are produced by h11, framed for the request's method (no body for
 
 from __future__ import annotations
 
-import os
-import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from http import HTTPStatus
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import h11
 import msgspec
 import trio
 
@@ -38,6 +34,7 @@ from .config import ChannelConfig
 from .http import RequestHead
 from .hub import ChatHub
 from .media import MediaSigner, MediaUrlError
+from .responder import NOSNIFF, PeerGone, Responder, open_regular_file, send_file
 from .routes import (
     API_NOT_FOUND,
     HEALTHY,
@@ -54,7 +51,6 @@ from .routes import (
     Endpoint,
     HttpResponse,
     Match,
-    RangeNotSatisfiable,
     api_token_valid,
     bootstrap_body,
     bootstrap_refusal,
@@ -63,7 +59,6 @@ from .routes import (
     media_headers,
     page_content_type,
     page_file_name,
-    parse_range,
     parse_session_key,
     parse_since_seq,
     request_api_token,
@@ -73,13 +68,10 @@ from .routes import (
 from .session import Peer
 from .store import SessionStore, UserMessage
 
-#: Bytes read from a file and sent per step.
-CHUNK_BYTES: Final = 256 * 1024
 #: Events read from the store per step of a history answer.
 HISTORY_PAGE: Final = 1000
 
 _json = msgspec.json.Encoder()
-_NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
 
 
 @attrs.define(eq=False)
@@ -113,13 +105,13 @@ class HttpApp:
         A peer that leaves, or stops reading for ``slow_consumer_timeout_s``,
         ends the answer early; that is not an error.
         """
-        out = _Responder(stream, head, self.cfg.slow_consumer_timeout_s)
+        out = Responder(stream, head, self.cfg.slow_consumer_timeout_s)
         try:
             await self._answer(out, head, peer)
-        except _PeerGone:
+        except PeerGone:
             return
 
-    async def _answer(self, out: _Responder, head: RequestHead, peer: Peer) -> None:
+    async def _answer(self, out: Responder, head: RequestHead, peer: Peer) -> None:
         raw_path, query = split_target(head.target)
         match = match_route(self.cfg, raw_path)
         endpoint = match.endpoint
@@ -195,7 +187,7 @@ class HttpApp:
         state = self.hub.chats.get(chat_id)
         return None if state is None else state.running_since
 
-    async def _history(self, out: _Responder, chat_id: str, since_seq: int) -> None:
+    async def _history(self, out: Responder, chat_id: str, since_seq: int) -> None:
         """Stream ``{"key","chat_id","first_seq","last_seq","events":[...]}``.
 
         ``last_seq`` is the chat's last ``seq`` once everything asked of the
@@ -218,9 +210,7 @@ class HttpApp:
             shape_user_messages, users, self.signer.url_for
         )
         writer = HistoryWriter(deque(shaped))
-        out.start(
-            200, [("Content-Type", JSON), ("Cache-Control", "no-store"), _NOSNIFF]
-        )
+        out.start(200, [("Content-Type", JSON), ("Cache-Control", "no-store"), NOSNIFF])
         await out.data(history_head(chat_id, first_seq, last_seq))
         after = since_seq
         while after < last_seq:
@@ -236,7 +226,7 @@ class HttpApp:
 
     # --- files ----------------------------------------------------------------
 
-    async def _media(self, out: _Responder, match: Match) -> None:
+    async def _media(self, out: Responder, match: Match) -> None:
         sig, payload = match.args
         target = await trio.to_thread.run_sync(self.signer.verify, sig, payload)
         if isinstance(target, MediaUrlError):
@@ -244,9 +234,9 @@ class HttpApp:
         opened = await trio.to_thread.run_sync(open_regular_file, target)
         if opened is None:
             return await out.simple(MEDIA_NOT_FOUND)
-        await _send_file(out, opened, media_headers(target.name), ranges=True)
+        await send_file(out, opened, media_headers(target.name), ranges=True)
 
-    async def _page(self, out: _Responder, root: Path, segment: str) -> None:
+    async def _page(self, out: Responder, root: Path, segment: str) -> None:
         """A file directly inside ``root``, else its ``index.html``, else 404."""
         asked = page_file_name(segment) if segment else None
         for name in (asked, PAGE_INDEX):
@@ -258,10 +248,10 @@ class HttpApp:
             return await out.simple(NOT_FOUND)
         headers = [
             ("Content-Type", page_content_type(name)),
-            _NOSNIFF,
+            NOSNIFF,
             ("Cache-Control", "no-cache"),
         ]
-        await _send_file(out, opened, headers, ranges=False)
+        await send_file(out, opened, headers, ranges=False)
 
 
 # --- history shaping (pure) ----------------------------------------------------
@@ -348,155 +338,3 @@ class HistoryWriter:
             joined = b"," + joined
         self._written = True
         return joined
-
-
-# --- files (blocking helpers run in worker threads) ------------------------------
-
-
-def open_regular_file(path: Path) -> tuple[int, int] | None:
-    """``(fd, size)`` of a regular file, or None (missing, directory, symlink...).
-
-    The last component is opened without following symlinks and without
-    blocking (a FIFO would hang the thread), then checked with ``fstat``, so
-    what is checked is what is read. Blocking: run in a worker thread.
-    """
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags)
-    except (OSError, ValueError):
-        return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        return None
-    return fd, info.st_size
-
-
-async def _send_file(
-    out: _Responder,
-    opened: tuple[int, int],
-    headers: list[tuple[str, str]],
-    *,
-    ranges: bool,
-) -> None:
-    """Send an opened file (or one ``Range`` of it) and close it."""
-    fd, size = opened
-    try:
-        start, length, status = 0, size, 200
-        if ranges:
-            wanted = parse_range(out.head.headers.get("range"), size)
-            if isinstance(wanted, RangeNotSatisfiable):
-                extra = [
-                    ("Content-Range", f"bytes */{size}"),
-                    ("Accept-Ranges", "bytes"),
-                ]
-                return await out.simple(
-                    HttpResponse(416, b"Range Not Satisfiable"), extra
-                )
-            if wanted is not None:
-                start, length, status = wanted.start, wanted.length, 206
-                headers = [
-                    *headers,
-                    ("Content-Range", f"bytes {wanted.start}-{wanted.end}/{size}"),
-                ]
-        out.start(status, [*headers, ("Content-Length", str(length))])
-        offset, end = start, start + length
-        while offset < end and not out.head_only:
-            chunk = await trio.to_thread.run_sync(
-                os.pread, fd, min(CHUNK_BYTES, end - offset), offset
-            )
-            if not chunk:
-                return  # the file shrank: the short body tells the client
-            await out.data(chunk)
-            offset += len(chunk)
-        await out.end()
-    finally:
-        os.close(fd)
-
-
-# --- writing responses ------------------------------------------------------------
-
-
-class _PeerGone(Exception):
-    """The client left or stopped reading; stop answering."""
-
-
-@attrs.define(eq=False)
-class _Responder:
-    """Writes one h11 response: head, body pieces, end.
-
-    The head is held back and sent with the first piece of body, so a small
-    answer is one ``send_all``. Each ``send_all`` gets ``send_timeout_s``.
-    Without a ``Content-Length`` the body is chunked (HTTP/1.1 clients) or
-    ends with the connection (HTTP/1.0).
-    """
-
-    stream: trio.abc.SendStream
-    head: RequestHead
-    send_timeout_s: float
-    _conn: h11.Connection = attrs.field(init=False)
-    _pending: bytes = attrs.field(default=b"", init=False)
-
-    def __attrs_post_init__(self) -> None:
-        # h11 frames a response for the request it saw: replay the method and
-        # version (so HEAD gets no body and HTTP/1.0 no chunking).
-        first_line = self.head.raw.split(b"\r\n", 1)[0]
-        version = "1.0" if first_line.endswith(b"HTTP/1.0") else "1.1"
-        self._conn = h11.Connection(h11.SERVER)
-        self._conn.receive_data(
-            f"{self.head.method} / HTTP/{version}\r\nHost: x\r\n\r\n".encode("ascii")
-        )
-        self._conn.next_event()
-
-    @property
-    def head_only(self) -> bool:
-        return self.head.method == "HEAD"
-
-    async def simple(
-        self, response: HttpResponse, extra_headers: Sequence[tuple[str, str]] = ()
-    ) -> None:
-        """A complete small response (``Cache-Control: no-store``, ``nosniff``)."""
-        headers = [
-            ("Content-Type", response.content_type),
-            ("Content-Length", str(len(response.body))),
-            ("Cache-Control", "no-store"),
-            _NOSNIFF,
-            *extra_headers,
-        ]
-        self.start(response.status, headers)
-        await self.data(response.body)
-        await self.end()
-
-    def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
-        response = h11.Response(
-            status_code=status,
-            headers=[*headers, ("Connection", "close")],
-            reason=HTTPStatus(status).phrase.encode("ascii"),
-        )
-        self._pending += self._conn.send(response) or b""
-
-    async def data(self, chunk: bytes) -> None:
-        if chunk and not self.head_only:
-            await self._send(
-                self._pending + (self._conn.send(h11.Data(data=chunk)) or b"")
-            )
-            self._pending = b""
-
-    async def end(self) -> None:
-        await self._send(self._pending + (self._conn.send(h11.EndOfMessage()) or b""))
-        self._pending = b""
-
-    async def _send(self, data: bytes) -> None:
-        if not data:
-            return
-        with trio.move_on_after(self.send_timeout_s) as scope:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _PeerGone from None
-        if scope.cancelled_caught:
-            raise _PeerGone

@@ -1,0 +1,179 @@
+"""Writing one HTTP response (h11) and sending files, for :mod:`trio_channel.api`.
+
+Every ``send_all`` must make progress within a deadline, so a client that
+stops reading cannot hold a task; files are opened without following a last
+symlink, checked with ``fstat`` and read in a worker thread in
+:data:`CHUNK_BYTES` pieces, never whole.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import Final
+
+import attrs
+import h11
+import trio
+
+from .http import RequestHead
+from .routes import HttpResponse, RangeNotSatisfiable, parse_range
+
+#: Bytes read from a file and sent per step.
+CHUNK_BYTES: Final = 256 * 1024
+NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
+
+
+# --- files (blocking helpers run in worker threads) ------------------------------
+
+
+def open_regular_file(path: Path) -> tuple[int, int] | None:
+    """``(fd, size)`` of a regular file, or None (missing, directory, symlink...).
+
+    The last component is opened without following symlinks and without
+    blocking (a FIFO would hang the thread), then checked with ``fstat``, so
+    what is checked is what is read. Blocking: run in a worker thread.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return fd, info.st_size
+
+
+async def send_file(
+    out: Responder,
+    opened: tuple[int, int],
+    headers: list[tuple[str, str]],
+    *,
+    ranges: bool,
+) -> None:
+    """Send an opened file (or one ``Range`` of it) and close it."""
+    fd, size = opened
+    try:
+        start, length, status = 0, size, 200
+        if ranges:
+            wanted = parse_range(out.head.headers.get("range"), size)
+            if isinstance(wanted, RangeNotSatisfiable):
+                extra = [
+                    ("Content-Range", f"bytes */{size}"),
+                    ("Accept-Ranges", "bytes"),
+                ]
+                return await out.simple(
+                    HttpResponse(416, b"Range Not Satisfiable"), extra
+                )
+            if wanted is not None:
+                start, length, status = wanted.start, wanted.length, 206
+                headers = [
+                    *headers,
+                    ("Content-Range", f"bytes {wanted.start}-{wanted.end}/{size}"),
+                ]
+        out.start(status, [*headers, ("Content-Length", str(length))])
+        offset, end = start, start + length
+        while offset < end and not out.head_only:
+            chunk = await trio.to_thread.run_sync(
+                os.pread, fd, min(CHUNK_BYTES, end - offset), offset
+            )
+            if not chunk:
+                return  # the file shrank: the short body tells the client
+            await out.data(chunk)
+            offset += len(chunk)
+        await out.end()
+    finally:
+        os.close(fd)
+
+
+# --- writing responses ------------------------------------------------------------
+
+
+class PeerGone(Exception):
+    """The client left or stopped reading; stop answering."""
+
+
+@attrs.define(eq=False)
+class Responder:
+    """Writes one h11 response: head, body pieces, end.
+
+    The head is held back and sent with the first piece of body, so a small
+    answer is one ``send_all``. Each ``send_all`` gets ``send_timeout_s``.
+    Without a ``Content-Length`` the body is chunked (HTTP/1.1 clients) or
+    ends with the connection (HTTP/1.0).
+    """
+
+    stream: trio.abc.SendStream
+    head: RequestHead
+    send_timeout_s: float
+    _conn: h11.Connection = attrs.field(init=False)
+    _pending: bytes = attrs.field(default=b"", init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # h11 frames a response for the request it saw: replay the method and
+        # version (so HEAD gets no body and HTTP/1.0 no chunking).
+        first_line = self.head.raw.split(b"\r\n", 1)[0]
+        version = "1.0" if first_line.endswith(b"HTTP/1.0") else "1.1"
+        self._conn = h11.Connection(h11.SERVER)
+        self._conn.receive_data(
+            f"{self.head.method} / HTTP/{version}\r\nHost: x\r\n\r\n".encode("ascii")
+        )
+        self._conn.next_event()
+
+    @property
+    def head_only(self) -> bool:
+        return self.head.method == "HEAD"
+
+    async def simple(
+        self, response: HttpResponse, extra_headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """A complete small response (``Cache-Control: no-store``, ``nosniff``)."""
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("Cache-Control", "no-store"),
+            NOSNIFF,
+            *extra_headers,
+        ]
+        self.start(response.status, headers)
+        await self.data(response.body)
+        await self.end()
+
+    def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        response = h11.Response(
+            status_code=status,
+            headers=[*headers, ("Connection", "close")],
+            reason=HTTPStatus(status).phrase.encode("ascii"),
+        )
+        self._pending += self._conn.send(response) or b""
+
+    async def data(self, chunk: bytes) -> None:
+        if chunk and not self.head_only:
+            await self._send(
+                self._pending + (self._conn.send(h11.Data(data=chunk)) or b"")
+            )
+            self._pending = b""
+
+    async def end(self) -> None:
+        await self._send(self._pending + (self._conn.send(h11.EndOfMessage()) or b""))
+        self._pending = b""
+
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        with trio.move_on_after(self.send_timeout_s) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise PeerGone from None
+        if scope.cancelled_caught:
+            raise PeerGone
