@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import re
-import resource
 import signal
 import sys
 import time
@@ -40,6 +39,7 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import trio
+from _limits import raise_nofile_limit  # sibling module: run as a script
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -54,18 +54,6 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 #: chat_id -> subscribers, in subscription order (dict as an ordered set).
 chats: dict[str, dict[WebSocketConnection, None]] = {}
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 async def publish(chat_id: str, event: dict[str, object]) -> None:

@@ -65,6 +65,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from _limits import raise_nofile_limit  # sibling module: run as a script
+
 CONNECT_TIMEOUT_S = 15.0
 OP_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
@@ -73,18 +75,6 @@ OPEN_CONCURRENCY = 50
 
 _EVENT_PREFIX = b'{"event":"'
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def check_loopback(url: str) -> tuple[str, int, str]:
