@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -551,7 +551,12 @@ def table(rows: list[dict[str, Any]]) -> str:
                 "yes" if row["met"] else "NO",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return render_table(lines)
+
+
+def render_table(lines: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, a rule under the first (header) line."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for n, line in enumerate(lines):
         out.append(
@@ -590,15 +595,7 @@ def cpu_table(rows: list[dict[str, Any]]) -> str:
                 f"{statistics.median(other):.2f}" if other else "",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append(
-            " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
-        )
-        if n == 0:
-            out.append("-+-".join("-" * w for w in widths))
-    return "\n".join(out)
+    return render_table(lines)
 
 
 def machine() -> dict[str, Any]:
