@@ -17,7 +17,7 @@ from trio_channel.http import (
     read_request_head,
     response_bytes,
 )
-from trio_channel.routes import route_http
+from trio_channel.routes import Endpoint, issue_token, match_route
 
 HEAD = (
     b"GET /ws/?client_id=a HTTP/1.1\r\nHost: example\r\nUpgrade: WebSocket\r\n"
@@ -79,34 +79,30 @@ def test_upgrade_detection(head, upgrade):
     assert is_upgrade(head, "/") is upgrade
 
 
-def _route(head: RequestHead, **cfg: object) -> tuple[int, bytes]:
-    answer = route_http(head, ChannelConfig(**cfg), IssuedTokenStore(ttl_s=300), 0.0)
-    return answer.status, answer.body
-
-
-def test_plain_routes():
-    assert _route(_head("/healthz")) == (200, b'{"status":"ok"}')
-    assert _route(_head("/api/sessions")) == (404, b"API route not found")
-    assert _route(_head("/")) == (404, b"Not Found")
-    assert _route(_head("/auth/token")) == (404, b"Not Found")  # route off
-
-
 def test_token_route():
-    cfg = {"token_issue_path": "/auth/token", "token_issue_secret": "sec"}
-    status, body = _route(_head("/auth/token/", Authorization="Bearer sec"), **cfg)
+    cfg = ChannelConfig(token_issue_path="/auth/token", token_issue_secret="sec")
+    match = match_route(cfg, "/auth/token/")
+    assert match.endpoint is Endpoint.ISSUE_TOKEN
+    assert "POST" not in match.methods  # answered 405
+    tokens = IssuedTokenStore(ttl_s=300)
+
+    def issue(head: RequestHead) -> tuple[int, bytes]:
+        answer = issue_token(head, cfg, tokens, 0.0)
+        return answer.status, answer.body
+
+    status, body = issue(_head("/auth/token/", Authorization="Bearer sec"))
     assert status == 200
     payload = json.loads(body)
     assert payload["token"].startswith("nbwt_") and payload["expires_in"] == 300
-    assert _route(_head("/auth/token", Authorization="Bearer no"), **cfg)[0] == 401
-    assert _route(_head("/auth/token", **{"X-Nanobot-Auth": "sec"}), **cfg)[0] == 200
-    assert _route(_head("/auth/token", "POST"), **cfg)[0] == 405
+    assert issue(_head("/auth/token", Authorization="Bearer no"))[0] == 401
+    assert issue(_head("/auth/token", **{"X-Nanobot-Auth": "sec"}))[0] == 200
 
 
 def test_token_route_refuses_past_the_cap():
     tokens = IssuedTokenStore(ttl_s=300, capacity=1)
     cfg = ChannelConfig(token_issue_path="/t")
-    assert route_http(_head("/t"), cfg, tokens, 0.0).status == 200
-    refused = route_http(_head("/t"), cfg, tokens, 1.0)
+    assert issue_token(_head("/t"), cfg, tokens, 0.0).status == 200
+    refused = issue_token(_head("/t"), cfg, tokens, 1.0)
     assert (refused.status, refused.body) == (
         429,
         b'{"error":"too many outstanding tokens"}',

@@ -7,8 +7,7 @@ which session key is valid, which byte range is served) are tested without a
 socket.
 
 - :func:`match_route` names the endpoint a path addresses and the methods it
-  allows; :func:`route_http` answers the routes that need nothing but the
-  config and the token store (token issue, ``/healthz``, 404s).
+  allows; :func:`issue_token` answers the token-issue route.
 - Auth: :func:`bootstrap_refusal`, :func:`request_api_token`,
   :func:`api_token_valid`.
 - Parsing: :func:`parse_session_key`, :func:`parse_since_seq`,
@@ -29,7 +28,7 @@ from urllib.parse import unquote
 import attrs
 import msgspec
 
-from .auth import IssuedTokenStore, issue_route_authorized, secret_matches, split_target
+from .auth import IssuedTokenStore, issue_route_authorized, secret_matches
 from .config import ChannelConfig, normalize_path
 from .http import RequestHead
 from .media import IMAGE_MIMES, VIDEO_MIMES
@@ -155,29 +154,6 @@ def match_route(cfg: ChannelConfig, raw_path: str) -> Match:
                 return Match(Endpoint.API_NOT_FOUND)
     segment = path[1:]
     return Match(Endpoint.PAGE, ("" if "/" in segment else segment,))
-
-
-def route_http(
-    head: RequestHead, cfg: ChannelConfig, tokens: IssuedTokenStore, now: float
-) -> HttpResponse:
-    """Answer the routes that need only the config and the token store.
-
-    The token-issue route, ``/healthz``, 405s and 404s; everything else
-    (bootstrap, sessions, media, the page, metrics) is a 404 here. This is
-    the front as it was before :class:`trio_channel.api.HttpApp`, which
-    answers all of PROTOCOL 6 and supersedes it once the server calls it.
-    """
-    raw_path, _query = split_target(head.target)
-    match = match_route(cfg, raw_path)
-    if match.endpoint is Endpoint.ISSUE_TOKEN:
-        if head.method not in match.methods:
-            return METHOD_NOT_ALLOWED
-        return issue_token(head, cfg, tokens, now)
-    if match.endpoint is Endpoint.HEALTHZ:
-        return HEALTHY if head.method in match.methods else METHOD_NOT_ALLOWED
-    if match.endpoint is Endpoint.PAGE:
-        return NOT_FOUND
-    return API_NOT_FOUND if raw_path.startswith("/api") else NOT_FOUND
 
 
 def issue_token(
