@@ -392,7 +392,7 @@ class Channel:
                         log.error("dropping an object that is not an event: %r", event)
                         continue
                     try:
-                        self.publish(await self._prepare(event))
+                        self._publish(await self._prepare(event))
                     except (TypeError, ValueError, msgspec.EncodeError):
                         log.exception("dropping an event the agent sent: %r", event)
                     if store.queue_depth >= store.queue_size:
@@ -415,20 +415,26 @@ class Channel:
         ):
             return msgspec.structs.replace(event, started_at=time.time())
         linker = self.linker
-        if linker is None:
-            return event
-        if isinstance(event, Message) and linker.needs_linking(event):
+        if (
+            isinstance(event, Message)
+            and linker is not None
+            and linker.needs_linking(event)
+        ):
             return await trio.to_thread.run_sync(linker.link_message, event)
         if isinstance(event, StreamEnd):
+            # Close the stream's buffer (PROTOCOL 4: keyed by chat and
+            # stream); its assembled text is only sent when the rewrite
+            # changed it.
             text = self.hub.finish_stream(event)
-            if linker.might_rewrite(text):
+            if linker is not None and linker.might_rewrite(text):
                 new = await trio.to_thread.run_sync(linker.rewrite_markdown, text)
                 if new is not text:
                     return msgspec.structs.replace(event, text=new)
         return event
 
-    def publish(self, event: AgentEvent) -> int:
-        """Encode ``event`` once and queue the same frame for every target.
+    def _publish(self, event: AgentEvent) -> int:
+        """Encode ``event`` (prepared by :meth:`_prepare`) once and queue the
+        same frame for every target.
 
         A persisted event first gets the chat's next ``seq`` and joins its
         history (even with no subscriber). Returns how many connections the
@@ -441,10 +447,6 @@ class Channel:
             data = text_frame(encode_event(event))
             return _put_all(hub.connections, data)
         chat_id = event.chat_id
-        if isinstance(event, StreamEnd):
-            # The assembled text is where the markdown media rewrite plugs in;
-            # unchanged text is not repeated on the wire (PROTOCOL 4).
-            hub.finish_stream(event)
         if not event.persisted:
             data = text_frame(encode_event(event))
             return _put_all((o for o, c in hub.cursors(chat_id) if c.live), data)
