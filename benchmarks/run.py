@@ -183,7 +183,7 @@ def detect_store() -> StoreSupport:
       rows with it.
     - no ``trio_channel/store.py``: the store row is "not available yet".
     """
-    if importlib.util.find_spec("trio_channel.store") is None:
+    if importlib.util.find_spec("trio_channel.store.sqlite") is None:
         return StoreSupport(missing="not available yet (no trio_channel/store.py)")
     from trio_channel.flags import FLAG_FOR_FIELD
 

@@ -21,8 +21,8 @@ import trio_websocket
 
 from trio_channel import ChannelConfig, open_bus
 from trio_channel.bus import AgentBusEnds
+from trio_channel.core.session import Peer
 from trio_channel.server import Channel
-from trio_channel.session import Peer
 
 LOOPBACK_PEER = Peer("127.0.0.1", 40000)
 

@@ -25,12 +25,12 @@ import trio
 import trio.testing
 
 from trio_channel import ChannelConfig
-from trio_channel.api import HISTORY_PAGE, HttpApp
-from trio_channel.auth import IssuedTokenStore
-from trio_channel.http import RequestHead, read_request_head
-from trio_channel.hub import ChatHub
-from trio_channel.media import MediaSigner
-from trio_channel.routes import (
+from trio_channel.core.auth import IssuedTokenStore
+from trio_channel.core.hub import ChatHub
+from trio_channel.core.session import Peer
+from trio_channel.http.api import HISTORY_PAGE, HttpApp
+from trio_channel.http.head import RequestHead, read_request_head
+from trio_channel.http.routes import (
     NOT_SATISFIABLE,
     SVG_CSP,
     ByteRange,
@@ -38,8 +38,8 @@ from trio_channel.routes import (
     parse_session_key,
     ws_url,
 )
-from trio_channel.session import Peer
-from trio_channel.store import SessionStore
+from trio_channel.media.signing import MediaSigner
+from trio_channel.store.sqlite import SessionStore
 
 SECRET = b"k" * 32
 LOOPBACK = Peer("127.0.0.1", 40000)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_channel.auth import (
+from trio_channel.config import ChannelConfig
+from trio_channel.core.auth import (
     MAX_OUTSTANDING_TOKENS,
     TOKEN_PREFIX,
     Accept,
@@ -26,7 +27,6 @@ from trio_channel.auth import (
     secret_matches,
     split_target,
 )
-from trio_channel.config import ChannelConfig
 
 TOKEN_RE = re.compile(r"nbwt_[A-Za-z0-9_-]{43}")
 ANON_RE = re.compile(r"anon-[0-9a-f]{12}")

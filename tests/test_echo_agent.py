@@ -13,9 +13,9 @@ import pytest
 import trio
 import trio.testing
 
+from trio_channel import InboundMessage, open_bus
 from trio_channel.agents.echo import echo_agent
-from trio_channel.bus import InboundMessage, open_bus
-from trio_channel.events import (
+from trio_channel.core.events import (
     AgentEvent,
     Delta,
     GoalStatus,

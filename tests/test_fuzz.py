@@ -47,7 +47,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto import events as wsevents
 from wsproto.events import Request
 
-from trio_channel.session import Peer
+from trio_channel.core.session import Peer
 
 from .memory_server import LOOPBACK_PEER, MemoryServer, memory_server
 

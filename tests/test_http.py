@@ -9,15 +9,15 @@ import trio
 import trio.testing
 
 from trio_channel import ChannelConfig
-from trio_channel.auth import IssuedTokenStore
-from trio_channel.http import (
+from trio_channel.core.auth import IssuedTokenStore
+from trio_channel.http.head import (
     BadRequest,
     RequestHead,
     is_upgrade,
     read_request_head,
     response_bytes,
 )
-from trio_channel.routes import Endpoint, issue_token, match_route
+from trio_channel.http.routes import Endpoint, issue_token, match_route
 
 HEAD = (
     b"GET /ws/?client_id=a HTTP/1.1\r\nHost: example\r\nUpgrade: WebSocket\r\n"

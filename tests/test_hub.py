@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from trio_channel.events import (
+from trio_channel.core.events import (
     AgentEvent,
     Delta,
     GoalState,
@@ -17,7 +17,7 @@ from trio_channel.events import (
     StreamEnd,
     TurnEnd,
 )
-from trio_channel.hub import ChatHub, StreamBuffers
+from trio_channel.core.hub import ChatHub, StreamBuffers
 
 
 def hub_with(subs: dict[str, list[str]], **kw: Any) -> ChatHub[str]:

@@ -1,4 +1,4 @@
-"""Tests for trio_channel.media: PROTOCOL 3.2 media checks, storage, signed URLs."""
+"""Tests for trio_channel.media.ingress: media checks, storage, signed URLs."""
 
 from __future__ import annotations
 
@@ -17,18 +17,16 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_channel import media as media_mod
-from trio_channel.media import (
+from trio_channel.media import ingress as media_mod
+from trio_channel.media.ingress import (
     DecodedMedia,
     MediaRejected,
-    MediaSigner,
-    MediaUrlError,
     check_media,
     discard_media,
-    load_or_create_secret,
     parse_data_url_mime,
     save_media,
 )
+from trio_channel.media.signing import MediaSigner, MediaUrlError, load_or_create_secret
 
 MIB = 1024 * 1024
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"

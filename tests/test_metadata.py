@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_channel.metadata import (
+from trio_channel.core.metadata import (
     build_metadata,
     clean_cli_apps,
     clean_image_generation,

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_channel.outbox import Outbox
+from trio_channel.wire.outbox import Outbox
 
 
 def filled(outbox: Outbox, count: int, start: int = 0) -> None:

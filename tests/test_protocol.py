@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from trio_channel.events import (
+from trio_channel.core.events import (
     Attached,
     Delta,
     Error,
@@ -28,7 +28,7 @@ from trio_channel.events import (
     TurnEnd,
     encode_event,
 )
-from trio_channel.protocol import (
+from trio_channel.core.protocol import (
     Attach,
     ChatMessage,
     LegacyContent,

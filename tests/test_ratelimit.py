@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_channel.ratelimit import TokenBucket
+from trio_channel.core.ratelimit import TokenBucket
 
 
 def _burst(bucket: TokenBucket, now: float) -> int:

@@ -1,4 +1,4 @@
-"""Tests for trio_channel.rewrite: media paths and markdown images to signed URLs."""
+"""Tests for trio_channel.media.rewrite: media paths and markdown images to URLs."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from trio_channel import rewrite as rewrite_mod
-from trio_channel.events import MediaUrl, Message
-from trio_channel.media import MediaSigner
-from trio_channel.rewrite import (
+from trio_channel.core.events import MediaUrl, Message
+from trio_channel.media import rewrite as rewrite_mod
+from trio_channel.media.rewrite import (
     MediaLinker,
     image_url_spans,
     local_image_path,
     safe_filename,
 )
+from trio_channel.media.signing import MediaSigner
 
 SECRET = b"s" * 32
 PNG = b"\x89PNG\r\n\x1a\nfake png"

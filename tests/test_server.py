@@ -16,7 +16,7 @@ import trio.testing
 import trio_websocket
 
 from trio_channel import GoalStatus, Message, RuntimeModelUpdated, TurnEnd
-from trio_channel.session import ClientSession, Peer
+from trio_channel.core.session import ClientSession, Peer
 
 from .memory_server import memory_server, read_head, upgrade_request
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from trio_channel.bus import InboundMessage
+from trio_channel import InboundMessage
 from trio_channel.config import ChannelConfig
-from trio_channel.events import (
+from trio_channel.core.events import (
     Attached,
     Error,
     GoalState,
@@ -23,10 +23,10 @@ from trio_channel.events import (
     SessionUpdated,
     encode_event,
 )
-from trio_channel.hub import ChatHub
-from trio_channel.protocol import valid_chat_id
-from trio_channel.scope import NOT_AN_OBJECT, TOO_LARGE, DefaultScopePolicy
-from trio_channel.session import ClientSession, Effects, NeedsMedia, Peer
+from trio_channel.core.hub import ChatHub
+from trio_channel.core.protocol import valid_chat_id
+from trio_channel.core.scope import NOT_AN_OBJECT, TOO_LARGE, DefaultScopePolicy
+from trio_channel.core.session import ClientSession, Effects, NeedsMedia, Peer
 
 WALL = 1_700_000_000.25
 LOCAL = Peer("127.0.0.1", 5000)

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from trio_channel.store import SessionStore
+from trio_channel.store.sqlite import SessionStore
 
 
 def event(text: str) -> Callable[[int], bytes]:

@@ -9,7 +9,7 @@ import pytest
 import trio_websocket
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from trio_channel._wire import text_frame
+from trio_channel.wire.frames import text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])

@@ -8,30 +8,12 @@ client sockets (back-pressure) instead of buffering without limit.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
-import msgspec
 import trio
 
-from .events import AgentEvent
+from .core.events import AgentEvent, InboundMessage
 
 DEFAULT_BUS_CAPACITY = 1024
-
-
-class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """A client's message, validated and ready for the agent."""
-
-    chat_id: str
-    client_id: str
-    content: str
-    #: Absolute paths of the attachments saved under ``<data_dir>/media/``.
-    media: tuple[str, ...] = ()
-    #: ``remote``, ``streaming`` and, when sent, ``webui``, ``cli_apps``,
-    #: ``mcp_presets``, ``workspace_scope``, ``image_generation``.
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    #: Unix seconds when the server accepted the message.
-    received_at: float = 0.0
 
 
 @attrs.frozen

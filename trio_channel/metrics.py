@@ -28,7 +28,7 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .events import AgentEvent
+from .core.events import AgentEvent
 
 __all__ = ["ChannelMetrics", "metrics_allowed", "payload_bytes"]
 

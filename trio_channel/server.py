@@ -21,14 +21,10 @@ import msgspec
 import trio
 import trio_websocket
 
-from . import listeners as _listeners
-from ._wire import accept_websocket, text_frame
-from .api import HttpApp
-from .auth import Accept, IssuedTokenStore, decide_handshake, split_target
 from .bus import ServerBusEnds
 from .config import ChannelConfig
-from .connection import ConnectionLimits, run_connection
-from .events import (
+from .core.auth import Accept, IssuedTokenStore, decide_handshake, split_target
+from .core.events import (
     AgentEvent,
     GoalStatus,
     Message,
@@ -36,7 +32,11 @@ from .events import (
     StreamEnd,
     encode_event,
 )
-from .http import (
+from .core.hub import ChatHub, ChatSeed, ChatState
+from .core.scope import DefaultScopePolicy, ScopePolicy
+from .core.session import ClientSession, Peer
+from .http.api import HttpApp
+from .http.head import (
     BadRequest,
     RequestHead,
     is_upgrade,
@@ -44,14 +44,14 @@ from .http import (
     respond,
     upgrade_request_bytes,
 )
-from .hub import ChatHub, ChatSeed, ChatState
-from .media import MediaSigner, load_or_create_secret
+from .media.rewrite import MediaLinker
+from .media.signing import MediaSigner, load_or_create_secret
 from .metrics import ChannelMetrics
-from .outbox import Outbox
-from .rewrite import MediaLinker
-from .scope import DefaultScopePolicy, ScopePolicy
-from .session import ClientSession, Peer
-from .store import SessionStore
+from .store.sqlite import SessionStore
+from .wire import listeners as _listeners
+from .wire.connection import ConnectionLimits, run_connection
+from .wire.frames import accept_websocket, text_frame
+from .wire.outbox import Outbox
 
 log = logging.getLogger("trio_channel.server")
 

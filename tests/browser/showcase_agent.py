@@ -11,9 +11,9 @@ import time
 
 import trio
 
+from trio_channel import InboundMessage
 from trio_channel.agents.echo import answer
-from trio_channel.bus import InboundMessage
-from trio_channel.events import (
+from trio_channel.core.events import (
     AgentEvent,
     Delta,
     FileEdit,

@@ -24,8 +24,15 @@ import uuid
 
 import trio
 
-from ..bus import InboundMessage
-from ..events import AgentEvent, Delta, GoalStatus, Message, StreamEnd, TurnEnd
+from ..core.events import (
+    AgentEvent,
+    Delta,
+    GoalStatus,
+    InboundMessage,
+    Message,
+    StreamEnd,
+    TurnEnd,
+)
 
 MAX_STREAM_DELTAS = 10_000
 MAX_SLEEP_S = 30.0

@@ -147,3 +147,21 @@ _encoder = msgspec.json.Encoder()
 def encode_event(event: ServerEvent) -> bytes:
     """Encode one event to its JSON text (UTF-8 bytes)."""
     return _encoder.encode(event)
+
+
+# --- client → agent -----------------------------------------------------
+
+
+class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A client's message, validated and ready for the agent."""
+
+    chat_id: str
+    client_id: str
+    content: str
+    #: Absolute paths of the attachments saved under ``<data_dir>/media/``.
+    media: tuple[str, ...] = ()
+    #: ``remote``, ``streaming`` and, when sent, ``webui``, ``cli_apps``,
+    #: ``mcp_presets``, ``workspace_scope``, ``image_generation``.
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Unix seconds when the server accepted the message.
+    received_at: float = 0.0

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from .config import ChannelConfig
+from ..config import ChannelConfig
 
 #: Every issued token starts with this, so logs and clients can tell it apart
 #: from a static ``token`` at a glance.

@@ -12,8 +12,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from .config import ChannelConfig
-from .session import Peer
+from ..config import ChannelConfig
+from ..core.session import Peer
 
 UNIX_BACKLOG = 1024
 

@@ -19,7 +19,7 @@ import attrs
 import h11
 import trio
 
-from .http import RequestHead
+from .head import RequestHead
 from .routes import HttpResponse, RangeNotSatisfiable, parse_range
 
 #: Bytes read from a file and sent per step.

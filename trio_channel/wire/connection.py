@@ -17,15 +17,14 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ._wire import abort, close_frame, send_framed, text_frame
-from .bus import InboundMessage
-from .events import Error, ServerEvent, encode_event
-from .media import MediaRejected, check_media, discard_media, save_media
-from .metrics import ChannelMetrics, payload_bytes
+from ..core.events import Error, InboundMessage, ServerEvent, encode_event
+from ..core.protocol import ChatMessage
+from ..core.session import ClientSession, Effects, NeedsMedia, Replay
+from ..media.ingress import MediaRejected, check_media, discard_media, save_media
+from ..metrics import ChannelMetrics, payload_bytes
+from ..store.sqlite import SessionStore
+from .frames import abort, close_frame, send_framed, text_frame
 from .outbox import Outbox
-from .protocol import ChatMessage
-from .session import ClientSession, Effects, NeedsMedia, Replay
-from .store import SessionStore
 
 log = logging.getLogger("trio_channel.connection")
 

@@ -28,11 +28,11 @@ from urllib.parse import unquote
 import attrs
 import msgspec
 
-from .auth import IssuedTokenStore, issue_route_authorized, secret_matches
-from .config import ChannelConfig, normalize_path
-from .http import RequestHead
-from .media import IMAGE_MIMES, VIDEO_MIMES
-from .store import ChatMeta
+from ..config import ChannelConfig, normalize_path
+from ..core.auth import IssuedTokenStore, issue_route_authorized, secret_matches
+from ..media.ingress import IMAGE_MIMES, VIDEO_MIMES
+from ..store.sqlite import ChatMeta
+from .head import RequestHead
 
 JSON = "application/json"
 _json = msgspec.json.Encoder()

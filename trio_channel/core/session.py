@@ -2,7 +2,7 @@
 
 :class:`ClientSession` turns parsed frames into effects: events to send back
 to this connection, subscriptions in the :class:`~trio_channel.hub.ChatHub`,
-and :class:`~trio_channel.bus.InboundMessage` objects for the agent. It never
+and :class:`~trio_channel.core.events.InboundMessage` objects for the agent. It never
 awaits: the only I/O a message can need, decoding and saving attachments, is
 split out (:meth:`ClientSession.on_frame` returns a :class:`NeedsMedia`, the
 connection does the I/O, then calls :meth:`ClientSession.finish_message`).
@@ -18,11 +18,10 @@ from typing import Any
 import attrs
 import msgspec
 
+from ..config import ChannelConfig
 from . import metadata
 from .auth import allow_list_admits
-from .bus import InboundMessage
-from .config import ChannelConfig
-from .events import Attached, Error, Ready, ServerEvent, SessionUpdated
+from .events import Attached, Error, InboundMessage, Ready, ServerEvent, SessionUpdated
 from .hub import ChatHub, Cursor
 from .protocol import (
     MISSING_CONTENT,

@@ -15,7 +15,7 @@ import attrs
 import h11
 import trio
 
-from .config import normalize_path
+from ..config import normalize_path
 
 MAX_HEAD_BYTES = 16 * 1024
 _RECEIVE_BYTES = 4096

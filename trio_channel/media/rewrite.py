@@ -42,8 +42,8 @@ from urllib.parse import unquote
 import attrs
 import msgspec
 
-from .events import MediaUrl, Message
-from .media import MediaSigner
+from ..core.events import MediaUrl, Message
+from .signing import MediaSigner
 
 log = logging.getLogger(__name__)
 

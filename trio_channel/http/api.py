@@ -29,12 +29,14 @@ import attrs
 import msgspec
 import trio
 
-from .auth import IssuedTokenStore, split_target
-from .config import ChannelConfig
-from .http import RequestHead
-from .hub import ChatHub
-from .media import MediaSigner, MediaUrlError
-from .responder import NOSNIFF, PeerGone, Responder, open_regular_file, send_file
+from ..config import ChannelConfig
+from ..core.auth import IssuedTokenStore, split_target
+from ..core.hub import ChatHub
+from ..core.session import Peer
+from ..media.signing import MediaSigner, MediaUrlError
+from ..store.sqlite import SessionStore, UserMessage
+from .head import RequestHead
+from .response import NOSNIFF, PeerGone, Responder, open_regular_file, send_file
 from .routes import (
     API_NOT_FOUND,
     HEALTHY,
@@ -65,8 +67,6 @@ from .routes import (
     session_key,
     sessions_body,
 )
-from .session import Peer
-from .store import SessionStore, UserMessage
 
 #: Events read from the store per step of a history answer.
 HISTORY_PAGE: Final = 1000
