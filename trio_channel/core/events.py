@@ -76,6 +76,8 @@ class FileEdit(_PersistedEvent, tag="file_edit", kw_only=True):
 class TurnEnd(_PersistedEvent, tag="turn_end", kw_only=True):
     latency_ms: int | None = None
     goal_state: dict[str, Any] | None = None
+    #: The turn was cut short (its agent's node died) and will run again.
+    interrupted: bool = False
 
 
 class GoalState(_ChatEvent, tag="goal_state", kw_only=True):
@@ -128,6 +130,10 @@ class Ready(_Event, tag="ready", kw_only=True):
 
 class Attached(_Event, tag="attached", kw_only=True):
     chat_id: str
+    #: The chat log's epoch (PROTOCOL 5): resume only within the same epoch.
+    epoch: str | None = None
+    #: The chat's newest ``seq`` when the connection attached (0: none yet).
+    last_seq: int | None = None
 
 
 class Error(_Event, tag="error", kw_only=True):
@@ -137,9 +143,54 @@ class Error(_Event, tag="error", kw_only=True):
     reason: str | None = None
     chat_id: str | None = None
     first_seq: int | None = None
+    #: With ``history_reset``: the chat's current epoch.
+    epoch: str | None = None
+    #: The ``turn_id`` of the ``message`` this error answers, when it had one.
+    turn_id: str | None = None
 
 
-ServerEvent = AgentEvent | Ready | Attached | Error
+class UserMessageEcho(_Event, tag="user_message", kw_only=True):
+    """A user's accepted message, live to the chat's *other* connections."""
+
+    chat_id: str
+    text: str
+    starts_turn: bool
+    turn_id: str | None = None
+    media_urls: list[MediaUrl] | None = None
+
+
+class MessageAccepted(_Event, tag="message_accepted", kw_only=True):
+    """To the sender of a ``message`` with ``turn_id`` and ``webui: true``."""
+
+    chat_id: str
+    turn_id: str
+    #: True when no turn of the chat was running, so this message starts one.
+    starts_turn: bool
+
+
+class WebuiError(msgspec.Struct, kw_only=True):
+    status: int
+    message: str
+
+
+class WebuiResponse(_Event, tag="webui_response", kw_only=True):
+    """The answer to a ``webui_request`` (PROTOCOL 3.2)."""
+
+    request_id: str
+    ok: bool
+    result: Any = msgspec.UNSET
+    error: WebuiError | None = None
+
+
+ServerEvent = (
+    AgentEvent
+    | Ready
+    | Attached
+    | Error
+    | UserMessageEcho
+    | MessageAccepted
+    | WebuiResponse
+)
 
 _encoder = msgspec.json.Encoder()
 
