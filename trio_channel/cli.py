@@ -22,6 +22,7 @@ from .bus import AgentBusEnds, open_bus
 from .config import ChannelConfig, ConfigError, build_config
 from .flags import add_serve_arguments, overrides_from_args
 from .server import Channel
+from .store.base import StoreError
 
 log = logging.getLogger("trio_channel")
 
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         trio.run(_serve, cfg, agent)
+    except* StoreError as group:
+        # A corrupt, unreadable or unreachable store: name it, exit 2.
+        print(f"error: session store: {_first(group)}", file=sys.stderr)
+        status = EXIT_CONFIG
     except* OSError as group:
         # Binding failed (address in use, permission denied, bad TLS files).
         print(f"error: cannot listen: {_first(group)}", file=sys.stderr)

@@ -70,8 +70,18 @@ class ChannelConfig(
     bus_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     rate_limit: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 100.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
-    session_store: Literal["sqlite", "memory"] = "sqlite"
+    #: ``sqlite`` (a file in ``data_dir``), ``memory`` (nothing kept), or
+    #: ``redis://HOST:PORT/DB`` / ``rediss://...`` (several daemons).
+    session_store: str = "sqlite"
+    #: ``full`` also survives power loss, at a measured cost per commit.
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
     history_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+    #: Host names (``Host`` header, any port) accepted besides loopback
+    #: when no secret is set; PROTOCOL 1 and 6 (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Browser origins (``scheme://host[:port]``) whose pages may open a
+    #: WebSocket besides loopback ones; PROTOCOL 1.
+    allowed_origins: tuple[str, ...] = ()
     workspace_dir: str = ""
     webui: bool = True
 
@@ -90,7 +100,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 #: Hosts that bind every interface: exposing the channel there without a
 #: secret would let anyone on the network drive the agent.
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 
 
 class ConfigError(Exception):
@@ -268,6 +278,18 @@ def _expand(field: str, value: str) -> str:
     return os.path.expanduser(value)
 
 
+_ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
+_STORE_SCHEMES = ("redis://", "rediss://")
+
+
+def _check_store(value: str) -> None:
+    if value in ("sqlite", "memory") or value.startswith(_STORE_SCHEMES):
+        return
+    raise ConfigError(
+        "session_store", f"must be sqlite, memory or a redis:// URL (got {value!r})"
+    )
+
+
 def _is_agent_spec(spec: str) -> bool:
     module, sep, func = spec.partition(":")
     names = [*module.split("."), func]
@@ -307,7 +329,7 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
         raise ConfigError("token_issue_path", "must differ from path")
     if not cfg.host:
         raise ConfigError("host", "must not be empty (use 0.0.0.0 or :: for all)")
-    if cfg.host in _WILDCARD_HOSTS and not (cfg.token or cfg.token_issue_secret):
+    if cfg.host in WILDCARD_HOSTS and not (cfg.token or cfg.token_issue_secret):
         raise ConfigError(
             "host", f"{cfg.host} requires token or token_issue_secret to be set"
         )
@@ -330,6 +352,13 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
         )
     if not cfg.data_dir:
         raise ConfigError("data_dir", "must not be empty")
+    _check_store(cfg.session_store)
+    for origin in cfg.allowed_origins:
+        if not _ORIGIN_RE.fullmatch(origin):
+            raise ConfigError(
+                "allowed_origins",
+                f"{origin!r} is not an origin like https://chat.example.com[:port]",
+            )
     data_dir = _expand("data_dir", cfg.data_dir)
     workspace_dir = cfg.workspace_dir
     if workspace_dir:

@@ -50,8 +50,17 @@ FLAG_FOR_FIELD: Mapping[str, str] = {
     "shutdown_grace_s": "--shutdown-grace",
     "session_store": "--session-store",
     "history_limit": "--history-limit",
+    "sqlite_synchronous": "--sqlite-synchronous",
+    "allowed_hosts": "--allowed-host",
+    "allowed_origins": "--allowed-origin",
     "workspace_dir": "--workspace",
     "webui": "--no-webui",
+}
+
+# List fields set by a repeatable flag: field -> (metavar, help).
+_REPEATED: Mapping[str, tuple[str, str]] = {
+    "allowed_hosts": ("HOST", "also accept this Host header without a secret"),
+    "allowed_origins": ("ORIGIN", "also accept WebSocket upgrades from this origin"),
 }
 
 # Boolean fields that a flag can only turn off: field -> help.
@@ -87,7 +96,16 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
         "close (1013) a connection whose send queue stays full this long",
     ),
     "shutdown_grace_s": (float, "SECONDS", "time clients get to close on shutdown"),
-    "session_store": (str, "KIND", "sqlite (in data_dir) or memory (nothing kept)"),
+    "session_store": (
+        str,
+        "KIND",
+        "sqlite (in data_dir), memory (nothing kept) or redis://HOST:PORT/DB",
+    ),
+    "sqlite_synchronous": (
+        str,
+        "MODE",
+        "normal (survives kill -9) or full (also power loss, slower)",
+    ),
     "history_limit": (int, "N", "persisted events kept per chat"),
     "workspace_dir": (
         str,
@@ -111,7 +129,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="TOML or JSON config file (a whole nanobot config works too)",
     )
     for field, flag in FLAG_FOR_FIELD.items():
-        if field == "allow_from":
+        if field in _REPEATED:
+            metavar, text = _REPEATED[field]
+            parser.add_argument(
+                flag,
+                dest=field,
+                action="append",
+                metavar=metavar,
+                default=None,
+                help=f"{text}; repeat for more (sets {field})",
+            )
+        elif field == "allow_from":
             parser.add_argument(
                 flag,
                 dest=field,
@@ -149,5 +177,5 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
         value = getattr(ns, field, None)
         if value is None:
             continue
-        overrides[field] = tuple(value) if field == "allow_from" else value
+        overrides[field] = tuple(value) if isinstance(value, list) else value
     return overrides

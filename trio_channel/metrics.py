@@ -114,6 +114,10 @@ class ChannelMetrics:
     tokens_issued_total: Counter = attrs.field(init=False)
     store_queue_depth: Gauge = attrs.field(init=False)
     store_flush_seconds: Histogram = attrs.field(init=False)
+    store_degraded: Gauge = attrs.field(init=False)
+    store_batch_ops_total: Counter = attrs.field(init=False)
+    bad_agent_events_total: Counter = attrs.field(init=False)
+    catch_ups_total: Counter = attrs.field(init=False)
 
     _handshakes: dict[int, Counter] = attrs.field(factory=dict, init=False)
     _events: dict[str, Counter] = attrs.field(factory=dict, init=False)
@@ -176,6 +180,21 @@ class ChannelMetrics:
             registry=reg,
             buckets=FLUSH_BUCKETS,
         )
+        self.store_degraded = gauge(
+            "store_degraded", "1 while the session store cannot take writes."
+        )
+        self.store_batch_ops_total = counter(
+            "store_batch_ops_total", "Operations written by the session store."
+        )
+        self.bad_agent_events_total = counter(
+            "bad_agent_events_total",
+            "Agent events dropped because they failed validation, by type.",
+            ("type",),
+        )
+        self.catch_ups_total = counter(
+            "catch_ups_total",
+            "Times a connection fell behind a chat and caught up from the store.",
+        )
         self.issued_tokens_outstanding.set_function(_zero)
         self.store_queue_depth.set_function(_zero)
         for status in KNOWN_HANDSHAKE_STATUSES:
@@ -232,8 +251,22 @@ class ChannelMetrics:
     def token_issued(self) -> None:
         self.tokens_issued_total.inc()
 
-    def store_flushed(self, seconds: float) -> None:
+    def store_flushed(self, seconds: float, ops: int) -> None:
+        """One batch of ``ops`` writes was committed in ``seconds``."""
         self.store_flush_seconds.observe(seconds)
+        self.store_batch_ops_total.inc(ops)
+
+    def store_health(self, degraded_reason: str | None) -> None:
+        self.store_degraded.set(0 if degraded_reason is None else 1)
+
+    def bad_agent_event(self, type_name: str) -> None:
+        """An agent event failed validation and was dropped."""
+        if type_name not in KNOWN_EVENT_TYPES:
+            type_name = "other"
+        self.bad_agent_events_total.labels(type=type_name).inc()
+
+    def caught_up(self) -> None:
+        self.catch_ups_total.inc()
 
     # --- scrape time -------------------------------------------------------
 

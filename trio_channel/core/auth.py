@@ -13,6 +13,7 @@ what makes "403 before 401 before 503" testable without a socket.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import secrets
 from collections import OrderedDict
@@ -34,6 +35,14 @@ MAX_OUTSTANDING_TOKENS = 10_000
 MAX_CLIENT_ID_CHARS = 128
 
 _BEARER_RE = re.compile(r"\s*bearer(?:\s+(.*?))?\s*", re.IGNORECASE | re.DOTALL)
+#: ``host[:port]`` or ``[v6][:port]``, as a ``Host`` header or URL authority.
+_AUTHORITY_RE = re.compile(
+    r"(?P<host>[A-Za-z0-9_.-]{1,253}|\[(?P<v6>[0-9A-Fa-f:.]{2,45})\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+#: Host names that only ever reach this machine (PROTOCOL 1 and 6).
+LOOPBACK_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def secret_matches(expected: str, supplied: str | None) -> bool:
@@ -260,6 +269,90 @@ def decide_handshake(
     return Accept(connection_client_id(query))
 
 
+def bearer_value(headers: Mapping[str, str]) -> str | None:
+    """What ``Authorization: Bearer ...`` carries ("" when empty), else None.
+
+    ``headers`` keys are lower-cased. Other schemes (``Basic ...``) are None.
+    """
+    match = _BEARER_RE.fullmatch(headers.get("authorization", ""))
+    if match is None:
+        return None
+    return match.group(1) or ""
+
+
+# --- who may reach us: Host and Origin (DNS rebinding, cross-site pages) ------
+
+
+def parse_authority(value: str) -> tuple[str, int | None] | None:
+    """``(host, port)`` of a plain ``host[:port]`` or ``[v6][:port]``, else None.
+
+    The host is lower-cased, an IPv6 address without its brackets. Nothing
+    else passes: no user info, path, list or stray characters.
+    """
+    m = _AUTHORITY_RE.fullmatch(value.strip())
+    if m is None:
+        return None
+    port = None if m["port"] is None else int(m["port"])
+    if port is not None and port > 65535:
+        return None
+    if m["v6"] is not None:
+        try:
+            return str(ipaddress.IPv6Address(m["v6"])), port
+        except ValueError:
+            return None
+    return m["host"].lower().rstrip("."), port
+
+
+def secret_configured(cfg: ChannelConfig) -> bool:
+    """A ``token`` or ``token_issue_secret`` guards the channel."""
+    return bool(cfg.token or cfg.token_issue_secret)
+
+
+def host_allowed(cfg: ChannelConfig, host_header: str) -> bool:
+    """With no secret, only a loopback ``Host`` or one in ``allowed_hosts``.
+
+    A DNS-rebinding page reaches us under its own name: refusing every
+    name but ours keeps it from getting a token. With a secret set, the
+    secret is the guard and any ``Host`` is fine.
+    """
+    if secret_configured(cfg):
+        return True
+    authority = parse_authority(host_header)
+    if authority is None:
+        return False
+    name = authority[0]
+    return name in LOOPBACK_HOST_NAMES or name in {
+        host.lower().rstrip(".") for host in cfg.allowed_hosts
+    }
+
+
+def origin_allowed(cfg: ChannelConfig, origin: str | None, host_header: str) -> bool:
+    """Whether a browser page at ``origin`` may open a WebSocket (PROTOCOL 1).
+
+    No ``Origin`` (CLIs, scripts) is fine. Otherwise: a loopback origin, one
+    listed in ``allowed_origins``, or, while a secret is set, the request's
+    own ``Host`` (the page the daemon itself served).
+    """
+    if origin is None:
+        return True
+    origin = origin.strip()
+    if origin.rstrip("/") in {o.rstrip("/") for o in cfg.allowed_origins}:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    authority = parse_authority(rest) if sep else None
+    if authority is None:
+        return False
+    if authority[0] in LOOPBACK_HOST_NAMES:
+        return True
+    if not secret_configured(cfg):
+        return False
+    own = parse_authority(host_header)
+    default = _DEFAULT_PORTS.get(scheme.lower())
+    return own is not None and (
+        own[0] == authority[0] and (own[1] or default) == (authority[1] or default)
+    )
+
+
 def issue_route_authorized(cfg: ChannelConfig, headers: Mapping[str, str]) -> bool:
     """Whether a request may mint a token (issue route, and bootstrap's check).
 
@@ -273,7 +366,7 @@ def issue_route_authorized(cfg: ChannelConfig, headers: Mapping[str, str]) -> bo
     secret = cfg.token_issue_secret or cfg.token
     if not secret:
         return True
-    bearer = _BEARER_RE.fullmatch(headers.get("authorization", ""))
+    bearer = bearer_value(headers)
     if bearer is not None:
-        return secret_matches(secret, bearer.group(1) or "")
+        return secret_matches(secret, bearer)
     return secret_matches(secret, headers.get("x-nanobot-auth"))

@@ -216,3 +216,5 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     #: Unix seconds when the server accepted the message.
     received_at: float = 0.0
+    #: The client's id for this turn (nanobot's web UI sends one), if any.
+    turn_id: str | None = None

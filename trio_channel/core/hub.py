@@ -1,24 +1,31 @@
-"""Chat ↔ connection bookkeeping (pure: no trio, no sockets).
+"""Chat ↔ connection bookkeeping and fan-out (pure: no trio, no sockets).
 
-:class:`ChatHub` knows which connections are subscribed to which chats, the
-per-chat state that hydration needs (latest goal state, running turn, scope),
-the current runtime model, and the open stream buffers keyed by
-``(chat_id, stream_id)``. The dispatcher asks it *who* gets an event; moving
-bytes is the connection's job.
+:class:`ChatHub` knows which connections are subscribed to which chats, where
+each one stands in each chat's log (a :class:`~.delivery.Cursor`), the state
+hydration needs (goal state, running turn, scope), the current runtime
+model, and the open stream buffers keyed by ``(chat_id, stream_id)``.
 
-Subscribers are opaque hashable objects (the server uses its per-connection
-outbox). Iteration order is subscription order, so tests are deterministic.
+Fan-out applies the cursor rule (:mod:`.delivery`) and hands the same
+pre-framed bytes to every subscriber through the two methods of
+:class:`Subscriber`; moving bytes is the connection's job. A subscriber whose
+queue is full is not closed: its cursor falls behind and it catches up from
+the store at its own pace.
+
+Chat state is a cache of what the store keeps: a chat with no subscriber and
+no running turn may be forgotten at any time (at most :data:`MAX_CHATS` are
+kept) and is loaded again (:meth:`ChatHub.load`) when a connection needs it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Hashable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import msgspec
 
+from .delivery import Cursor, Offer, Resume
 from .events import (
     AgentEvent,
     Delta,
@@ -30,11 +37,11 @@ from .events import (
     TurnEnd,
 )
 
-S = TypeVar("S", bound=Hashable)
+__all__ = ["MAX_CHATS", "ChatHub", "ChatState", "StreamBuffers", "Subscriber"]
 
 #: Chat states kept in memory; beyond it the oldest chats with no subscriber
-#: and no running turn are forgotten (the session store keeps history).
-MAX_CHATS = 100_000
+#: and no running turn are forgotten (the session store keeps them).
+MAX_CHATS = 20_000
 #: Open streams (started, not yet ended) kept at once; the oldest is dropped.
 MAX_OPEN_STREAMS = 10_000
 #: Characters kept per open stream; beyond it the buffer stops growing.
@@ -43,32 +50,19 @@ MAX_STREAM_CHARS = 16 * 1024 * 1024
 _key_encoder = msgspec.json.Encoder()
 
 
-@attrs.define(eq=False)
-class Cursor:
-    """Where one connection stands in one chat's event log.
+class Subscriber(Hashable, Protocol):
+    """What fan-out needs of a connection."""
 
-    A live cursor admits each persisted event at or after ``next_seq`` and
-    moves past it, so an event already sent (say, by a replay) is never sent
-    twice. A cursor that is not live is catching up from the store; the
-    dispatcher skips it until the replay hands over (see ``connection.py``).
-    """
+    def deliver(self, frame: bytes) -> bool:
+        """Queue one frame; False when the queue has no room (never blocks)."""
+        ...
 
-    live: bool = True
-    next_seq: int = 0
-
-    def admit(self, seq: int) -> bool:
-        if not self.live or seq < self.next_seq:
-            return False
-        self.next_seq = seq + 1
-        return True
+    def fell_behind(self, chat_id: str) -> None:
+        """Start (or keep) catching ``chat_id`` up from the store."""
+        ...
 
 
-@attrs.frozen
-class ChatSeed:
-    """Persisted chat state the hub loads when it first sees a chat."""
-
-    workspace_scope: Any = None
-    goal_state: dict[str, Any] | None = None
+S = TypeVar("S", bound=Subscriber)
 
 
 @attrs.define
@@ -78,14 +72,12 @@ class ChatState(Generic[S]):
     goal_state: dict[str, Any] | None = None
     #: Unix seconds when the running turn started; None when idle.
     running_since: float | None = None
-
-    def idle(self) -> bool:
-        return (
-            not self.subscribers
-            and self.running_since is None
-            and self.goal_state is None
-            and self.workspace_scope is None
-        )
+    #: The newest ``seq`` offered to subscribers (all of it is stored).
+    published_seq: int = 0
+    #: Whether the store's state (scope, goal, seq) was merged in.
+    loaded: bool = False
+    #: A user's message went to the agent since the chat was last idle.
+    turn_pending: bool = False
 
 
 @attrs.define
@@ -136,7 +128,7 @@ class StreamBuffers:
 
 @attrs.define
 class ChatHub(Generic[S]):
-    """Subscriptions and per-chat state. One per server."""
+    """Subscriptions, per-chat state and fan-out. One per server."""
 
     max_chats: int = MAX_CHATS
     chats: dict[str, ChatState[S]] = attrs.field(factory=dict)
@@ -144,10 +136,6 @@ class ChatHub(Generic[S]):
     connections: dict[S, set[str]] = attrs.field(factory=dict)
     streams: StreamBuffers = attrs.field(factory=StreamBuffers)
     model_name: str | None = None
-    #: Loads persisted state of a chat the hub has not seen (or forgot).
-    load_chat: Callable[[str], ChatSeed | None] | None = None
-    #: Told when a chat's scope or goal state changes, to persist it.
-    on_change: Callable[[str, ChatState[S]], None] | None = None
 
     # --- connections and subscriptions -------------------------------
 
@@ -162,67 +150,130 @@ class ChatHub(Generic[S]):
                 chat.subscribers.pop(sub, None)
                 self._maybe_forget(chat_id, chat)
 
-    def subscribe(
-        self, sub: S, chat_id: str, *, replay_after: int | None = None
-    ) -> Cursor:
-        """Subscribe ``sub``; with ``replay_after`` its cursor starts catching up."""
+    def is_subscribed(self, sub: S, chat_id: str) -> bool:
+        return chat_id in self.connections.get(sub, ())
+
+    def subscribe(self, sub: S, chat_id: str, resume: Resume | None = None) -> Cursor:
+        """Subscribe ``sub``: live from now on, or catching up per ``resume``.
+
+        A subscriber that is already subscribed keeps its cursor unless a
+        ``resume`` replays (the client asked to start over from a seq).
+        """
         chats = self.connections.get(sub)
         if chats is None:
             raise KeyError("subscribe() before register()")
         chats.add(chat_id)
-        subscribers = self.chat(chat_id).subscribers
-        cursor = subscribers.get(sub)
-        if cursor is None:
-            cursor = subscribers[sub] = Cursor()
-        if replay_after is not None:
-            cursor.live, cursor.next_seq = False, replay_after + 1
+        chat = self.chat(chat_id)
+        cursor = chat.subscribers.get(sub)
+        if resume is not None and resume.replay:
+            cursor = chat.subscribers[sub] = Cursor(resume.next_seq, live=False)
+            sub.fell_behind(chat_id)
+        elif cursor is None:
+            cursor = chat.subscribers[sub] = Cursor(chat.published_seq + 1)
         return cursor
 
-    def subscribers(self, chat_id: str) -> Iterable[S]:
+    def cursor(self, sub: S, chat_id: str) -> Cursor | None:
         chat = self.chats.get(chat_id)
-        return chat.subscribers.keys() if chat is not None else ()
-
-    def cursors(self, chat_id: str) -> Iterable[tuple[S, Cursor]]:
-        chat = self.chats.get(chat_id)
-        return chat.subscribers.items() if chat is not None else ()
+        return None if chat is None else chat.subscribers.get(sub)
 
     def chat(self, chat_id: str) -> ChatState[S]:
+        """The chat's state, created (not yet loaded) when unknown."""
         chat = self.chats.get(chat_id)
         if chat is None:
             chat = self.chats[chat_id] = ChatState()
-            seed = self.load_chat(chat_id) if self.load_chat is not None else None
-            if seed is not None:
-                chat.workspace_scope, chat.goal_state = (
-                    seed.workspace_scope,
-                    seed.goal_state,
-                )
             self._evict_idle(keep=chat_id)
         return chat
 
-    def set_scope(self, chat_id: str, scope: Any) -> None:
-        chat = self.chat(chat_id)
-        chat.workspace_scope = scope
-        if self.on_change is not None:
-            self.on_change(chat_id, chat)
+    def is_loaded(self, chat_id: str) -> bool:
+        chat = self.chats.get(chat_id)
+        return chat is not None and chat.loaded
 
-    def set_goal_state(self, chat_id: str, goal_state: dict[str, Any] | None) -> None:
+    def load(
+        self,
+        chat_id: str,
+        *,
+        workspace_scope: Any,
+        goal_state: dict[str, Any] | None,
+        last_seq: int,
+    ) -> ChatState[S]:
+        """Merge what the store keeps of a chat into its state (once)."""
         chat = self.chat(chat_id)
-        chat.goal_state = goal_state or None
-        if self.on_change is not None:
-            self.on_change(chat_id, chat)
+        chat.published_seq = max(chat.published_seq, last_seq)
+        if not chat.loaded:
+            chat.loaded = True
+            if chat.workspace_scope is None:
+                chat.workspace_scope = workspace_scope
+            if chat.goal_state is None:
+                chat.goal_state = goal_state or None
+        return chat
+
+    def forget_log(self, chat_id: str) -> None:
+        """The chat was deleted: its next log starts at seq 1, a new epoch."""
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            return
+        chat.published_seq = 0
+        chat.goal_state = chat.workspace_scope = None
+        for cursor in chat.subscribers.values():
+            cursor.next_seq, cursor.live = 1, True
 
     def is_running(self, chat_id: str) -> bool:
         chat = self.chats.get(chat_id)
         return chat is not None and chat.running_since is not None
 
-    # --- events from the agent ------------------------------------------
+    # --- fan-out -----------------------------------------------------------
 
-    def targets(self, event: AgentEvent) -> Iterable[S]:
-        """Who receives ``event``; also updates state the event carries."""
-        self.observe(event)
-        if isinstance(event, RuntimeModelUpdated):
-            return self.connections.keys()
-        return self.subscribers(event.chat_id)
+    def publish(self, chat_id: str, seq: int, frame: bytes) -> int:
+        """Offer a stored event to every subscriber; return how many got it.
+
+        A chat with no state here has no subscriber: nothing to do. (A
+        connection about to subscribe creates the state before it reads the
+        store, so an event stored meanwhile still counts in ``published_seq``.)
+        """
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            return 0
+        if seq > chat.published_seq:
+            chat.published_seq = seq
+        count = 0
+        for sub, cursor in chat.subscribers.items():
+            verdict = cursor.offer(seq)
+            if verdict is Offer.SEND:
+                if sub.deliver(frame):
+                    count += 1
+                    continue
+                cursor.next_seq = seq
+                cursor.fall_behind()
+                sub.fell_behind(chat_id)
+            elif verdict is Offer.CATCH_UP:
+                sub.fell_behind(chat_id)
+        return count
+
+    def broadcast(self, chat_id: str, frame: bytes, *, skip: S | None = None) -> int:
+        """A frame that is not in the log, to the chat's live subscribers.
+
+        A subscriber with no room falls behind: the catch-up ends with
+        hydration, which restores what it missed of this kind.
+        """
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            return 0
+        count = 0
+        for sub, cursor in chat.subscribers.items():
+            if sub is skip or not cursor.live:
+                continue
+            if sub.deliver(frame):
+                count += 1
+            else:
+                cursor.fall_behind()
+                sub.fell_behind(chat_id)
+        return count
+
+    def broadcast_all(self, frame: bytes) -> int:
+        """A frame for every open connection (``runtime_model_updated``)."""
+        return sum(1 for sub in self.connections if sub.deliver(frame))
+
+    # --- events from the agent ------------------------------------------
 
     def observe(self, event: AgentEvent) -> None:
         """Update the state an agent event carries (model, turn, goal, scope)."""
@@ -233,28 +284,45 @@ class ChatHub(Generic[S]):
         if isinstance(event, Delta):
             self.streams.append(chat_id, event.stream_id, event.text)
         elif isinstance(event, GoalStatus):
-            state = self.chat(chat_id)
-            state.running_since = (
-                (event.started_at or 0.0) if event.status == "running" else None
-            )
+            if event.status == "running":
+                self.chat(chat_id).running_since = event.started_at or 0.0
+            elif (state := self.chats.get(chat_id)) is not None:
+                state.running_since = None
+                state.turn_pending = False
+                self._maybe_forget(chat_id, state)
         elif isinstance(event, GoalState | TurnEnd) and event.goal_state is not None:
             # turn_end may carry the goal state the turn ended with.
-            self.set_goal_state(chat_id, event.goal_state)
+            self.chat(chat_id).goal_state = event.goal_state or None
         elif (
             isinstance(event, SessionUpdated)
             and event.workspace_scope is not msgspec.UNSET
         ):
-            self.set_scope(chat_id, event.workspace_scope)
+            self.chat(chat_id).workspace_scope = event.workspace_scope
 
     def finish_stream(self, event: StreamEnd) -> str:
         return self.streams.finish(event.chat_id, event.stream_id)
 
-    def hydration(self, chat_id: str) -> list[GoalState | GoalStatus]:
-        """What a newly subscribed connection needs to restore its status strip."""
+    def hydration(
+        self, chat_id: str, *, after_catch_up: bool = False, with_scope: bool = False
+    ) -> list[GoalState | GoalStatus | SessionUpdated]:
+        """What a subscriber needs to restore its status strip (PROTOCOL 3.4).
+
+        After a catch-up the status is sent even when idle (the client may
+        have missed the ``idle``), and ``with_scope`` adds the chat's
+        ``session_updated``, which is not in the log either.
+        """
         chat = self.chats.get(chat_id)
+        out: list[GoalState | GoalStatus | SessionUpdated] = []
         if chat is None:
-            return []
-        out: list[GoalState | GoalStatus] = []
+            return out
+        if with_scope:
+            out.append(
+                SessionUpdated(
+                    chat_id=chat_id,
+                    scope="metadata",
+                    workspace_scope=chat.workspace_scope,
+                )
+            )
         if chat.goal_state:
             out.append(GoalState(chat_id=chat_id, goal_state=chat.goal_state))
         if chat.running_since is not None:
@@ -263,20 +331,25 @@ class ChatHub(Generic[S]):
                     chat_id=chat_id, status="running", started_at=chat.running_since
                 )
             )
+        elif after_catch_up:
+            out.append(GoalStatus(chat_id=chat_id, status="idle"))
         return out
+
+    def subscribers(self, chat_id: str) -> Iterable[S]:
+        chat = self.chats.get(chat_id)
+        return chat.subscribers.keys() if chat is not None else ()
 
     # --- bounds ------------------------------------------------------------
 
     def _maybe_forget(self, chat_id: str, chat: ChatState[S]) -> None:
-        if chat.idle():
+        if not chat.subscribers and chat.running_since is None:
             del self.chats[chat_id]
 
     def _evict_idle(self, keep: str) -> None:
         if len(self.chats) <= self.max_chats:
             return
         # Oldest first; chats with subscribers or a running turn are kept, and
-        # so is the chat being created. Scope and goal state of an evicted
-        # chat come back from the store through ``load_chat``.
+        # so is the chat being created. The store has the rest.
         for chat_id in list(self.chats):
             if len(self.chats) <= self.max_chats:
                 break

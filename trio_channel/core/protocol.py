@@ -21,8 +21,12 @@ import attrs
 import msgspec
 
 from .events import Error
+from .textsafe import scrub
 
 CHAT_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,64}")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: ``seq`` values are 64-bit: anything outside is refused, never stored.
+MAX_SEQ = 2**63 - 1
 
 
 def valid_chat_id(value: object) -> bool:
@@ -45,6 +49,11 @@ class Envelope(msgspec.Struct, frozen=True):
     workspace_scope: Any = msgspec.UNSET
     image_generation: Any = None
     since_seq: Any = None
+    epoch: Any = None
+    turn_id: Any = None
+    request_id: Any = None
+    action: Any = None
+    payload: Any = None
 
 
 _envelope_decoder = msgspec.json.Decoder(Envelope)
@@ -68,6 +77,8 @@ class Attach:
     chat_id: str
     #: Replay persisted events after this ``seq`` (PROTOCOL 5); None: no replay.
     since_seq: int | None
+    #: The epoch the client's ``since_seq`` belongs to, when it sent one.
+    epoch: str | None = None
 
 
 @attrs.frozen
@@ -78,6 +89,11 @@ class ChatMessage:
     content: str
     envelope: Envelope
 
+    @property
+    def turn_id(self) -> str | None:
+        turn_id = self.envelope.turn_id
+        return turn_id if isinstance(turn_id, str) else None
+
 
 @attrs.frozen
 class SetWorkspaceScope:
@@ -85,10 +101,23 @@ class SetWorkspaceScope:
     workspace_scope: Any
 
 
-Request = LegacyContent | NewChat | Attach | ChatMessage | SetWorkspaceScope
+@attrs.frozen
+class WebuiRequest:
+    """A ``webui_request``: an action the web UI asks of the channel."""
+
+    request_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+Request = (
+    LegacyContent | NewChat | Attach | ChatMessage | SetWorkspaceScope | WebuiRequest
+)
 
 INVALID_CHAT_ID = "invalid chat_id"
 MISSING_CONTENT = "missing content"
+INVALID_SINCE_SEQ = "invalid since_seq"
+INVALID_REQUEST_ID = "invalid webui request_id"
 
 
 def parse_frame(text: str) -> Request | Error | None:
@@ -120,14 +149,16 @@ def _decode_leniently(text: str) -> Envelope | None:
     """The slow path for what msgspec refuses but is still a JSON object.
 
     msgspec rejects numbers beyond a float (``1e999``) and lone surrogates;
-    the standard library reads them (as ``inf``, and as is), like the
-    reference server does. Nesting too deep for either stays unreadable.
+    the standard library reads them (as ``inf``, and as a lone surrogate),
+    like the reference server does, and every lone surrogate then becomes
+    U+FFFD (PROTOCOL 3), keys included, before anything else sees the
+    frame. Nesting too deep for either stays unreadable.
     """
     try:
         value = json.loads(text)
         if not isinstance(value, dict):
             return None
-        return msgspec.convert(value, Envelope)
+        return msgspec.convert(scrub(value), Envelope)
     except (ValueError, RecursionError, msgspec.ValidationError):
         return None
 
@@ -154,9 +185,19 @@ def _typed(env: Envelope) -> Request | Error:
             return Error(detail=INVALID_CHAT_ID)
         since = env.since_seq
         # bool is an int subclass; `true` is not a seq.
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+        if not isinstance(since, int) or isinstance(since, bool):
             since = None
-        return Attach(env.chat_id, since)
+        elif not 0 <= since <= MAX_SEQ:
+            return Error(detail=INVALID_SINCE_SEQ, chat_id=env.chat_id)
+        epoch = env.epoch if isinstance(env.epoch, str) else None
+        return Attach(env.chat_id, since, epoch)
+    if kind == "webui_request":
+        request_id = env.request_id
+        if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
+            return Error(detail=INVALID_REQUEST_ID)
+        action = env.action if isinstance(env.action, str) else ""
+        payload = env.payload if isinstance(env.payload, dict) else {}
+        return WebuiRequest(request_id, action, payload)
     if kind == "set_workspace_scope":
         if not valid_chat_id(env.chat_id):
             return Error(detail=INVALID_CHAT_ID)

@@ -1,11 +1,14 @@
 """One client connection's protocol logic (sans-IO).
 
 :class:`ClientSession` turns parsed frames into effects: events to send back
-to this connection, subscriptions in the :class:`~trio_channel.hub.ChatHub`,
-and :class:`~trio_channel.core.events.InboundMessage` objects for the agent. It never
-awaits: the only I/O a message can need, decoding and saving attachments, is
-split out (:meth:`ClientSession.on_frame` returns a :class:`NeedsMedia`, the
-connection does the I/O, then calls :meth:`ClientSession.finish_message`).
+to this connection, subscriptions in the :class:`~trio_channel.core.hub.ChatHub`,
+and :class:`~trio_channel.core.events.InboundMessage` objects for the agent. It
+never awaits. The I/O a frame can need is done by the connection between
+the steps: loading the chat from the store before :meth:`ClientSession.handle`
+(:meth:`ClientSession.chat_to_load` says which), decoding and saving
+attachments (:class:`NeedsMedia`, then :meth:`ClientSession.finish_message`),
+storing the user's message before the agent gets it, and the web UI's
+actions (:class:`~trio_channel.core.protocol.WebuiRequest`).
 """
 
 from __future__ import annotations
@@ -18,18 +21,29 @@ from typing import Any
 import attrs
 import msgspec
 
-from ..config import ChannelConfig
 from . import metadata
 from .auth import allow_list_admits
-from .events import Attached, Error, InboundMessage, Ready, ServerEvent, SessionUpdated
-from .hub import ChatHub, Cursor
+from .delivery import resume_from
+from .events import (
+    Attached,
+    Error,
+    InboundMessage,
+    MessageAccepted,
+    Ready,
+    ServerEvent,
+    SessionUpdated,
+    UserMessageEcho,
+)
+from .hub import ChatHub
 from .protocol import (
     MISSING_CONTENT,
     Attach,
     ChatMessage,
     LegacyContent,
     NewChat,
+    Request,
     SetWorkspaceScope,
+    WebuiRequest,
     parse_frame,
 )
 from .ratelimit import TokenBucket
@@ -38,6 +52,7 @@ from .scope import ScopeAccepted, ScopePolicy, ScopeRejected
 WORKSPACE_SCOPE_REJECTED = "workspace_scope_rejected"
 IMAGE_REJECTED = "image_rejected"
 RATE_LIMITED = "rate_limited"
+STORE_UNAVAILABLE = "store_unavailable"
 
 
 @attrs.frozen
@@ -75,26 +90,25 @@ class NeedsMedia:
 
 
 @attrs.frozen
+class ChatLog:
+    """Where a chat's stored log stands, for ``attach`` (from the store)."""
+
+    epoch: str | None = None
+    first_seq: int = 1
+    last_seq: int = 0
+
+
+@attrs.frozen
 class Effects:
     """What one frame asks of the connection."""
 
     replies: list[ServerEvent] = attrs.field(factory=list)
+    #: A user's message: store it, then hand it to the agent.
     deliver: InboundMessage | None = None
-    replay: Replay | None = None
-
-
-@attrs.frozen
-class Replay:
-    """Replay ``chat_id`` after ``after_seq`` from the store, then go live.
-
-    The subscription's ``cursor`` is not live until the replay hands over;
-    ``then`` (hydration) is sent after the replayed events.
-    """
-
-    chat_id: str
-    after_seq: int
-    cursor: Cursor
-    then: list[ServerEvent]
+    #: A chat's new workspace scope, to store: ``(chat_id, scope)``.
+    scope_change: tuple[str, Any] | None = None
+    #: An action of the web UI for the connection to carry out.
+    webui: WebuiRequest | None = None
 
 
 def _new_chat_id() -> str:
@@ -106,15 +120,18 @@ class ClientSession:
     """Protocol state of one accepted connection.
 
     ``key`` identifies the connection in the hub (the server uses the
-    connection's outbox). ``wall_clock`` gives Unix seconds for timestamps that
-    clients see; rate limiting uses the ``now`` passed in (trio's clock).
+    connection itself). ``wall_clock`` gives Unix seconds for timestamps
+    that clients see; rate limiting uses the ``now`` passed in (trio's
+    clock).
     """
 
     hub: ChatHub[Any]
     key: Hashable
     client_id: str
     peer: Peer
-    cfg: ChannelConfig
+    allow_from: tuple[str, ...]
+    streaming: bool
+    rate_limit: float
     scope_policy: ScopePolicy
     wall_clock: Callable[[], float]
     #: Called for every frame dropped by the rate limit (a metrics hook).
@@ -123,7 +140,7 @@ class ClientSession:
     limiter: TokenBucket = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.limiter = TokenBucket(self.cfg.rate_limit)
+        self.limiter = TokenBucket(self.rate_limit)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -142,18 +159,33 @@ class ClientSession:
 
     # --- frames ---------------------------------------------------------------
 
-    def on_frame(self, text: str, now: float) -> Effects | NeedsMedia:
+    def parse(self, text: str, now: float) -> Request | list[ServerEvent]:
+        """Classify one frame; a list is the whole answer (maybe empty)."""
         if not text.strip():
-            return Effects()
+            return []
         if not self.limiter.allow(now):
             if self.on_rate_limited is not None:
                 self.on_rate_limited()
-            return Effects([Error(detail=RATE_LIMITED)])
+            return [Error(detail=RATE_LIMITED)]
         request = parse_frame(text)
         if request is None:
-            return Effects()
+            return []
         if isinstance(request, Error):
-            return Effects([request])
+            return [request]
+        return request
+
+    def chat_to_load(self, request: Request) -> str | None:
+        """The chat whose stored state :meth:`handle` needs in the hub."""
+        if isinstance(request, LegacyContent):
+            return self.default_chat
+        if isinstance(request, ChatMessage | Attach | SetWorkspaceScope):
+            return request.chat_id
+        return None
+
+    def handle(
+        self, request: Request, log: ChatLog | None = None
+    ) -> Effects | NeedsMedia:
+        """Answer a parsed request; ``log`` is the chat's stored log (``attach``)."""
         if isinstance(request, LegacyContent):
             return self._legacy(request)
         if isinstance(request, ChatMessage):
@@ -166,7 +198,9 @@ class ClientSession:
         if isinstance(request, NewChat):
             return self._new_chat(request)
         if isinstance(request, Attach):
-            return self._attach(request)
+            return self._attach(request, log or ChatLog())
+        if isinstance(request, WebuiRequest):
+            return Effects(webui=request)
         return self._set_scope(request)
 
     def media_rejected(self, reason: str) -> Effects:
@@ -179,15 +213,17 @@ class ClientSession:
         """
         env = request.envelope
         if not request.content.strip() and not saved:
-            return Effects([Error(detail=MISSING_CONTENT)])
-        known = self.hub.chats.get(request.chat_id)
-        scope = known.workspace_scope if known is not None else None
+            return Effects([self._error(MISSING_CONTENT, request)])
+        chat = self.hub.chat(request.chat_id)
+        scope = chat.workspace_scope
+        scope_change = None
         if env.workspace_scope is not msgspec.UNSET:
             decision = self._resolve_scope(request.chat_id, env.workspace_scope)
             if isinstance(decision, ScopeRejected):
-                return Effects([self._scope_error(decision, request.chat_id)])
-            scope = decision.scope
-            self.hub.set_scope(request.chat_id, scope)
+                return Effects([self._scope_error(decision, request.chat_id, request)])
+            if decision.scope != scope:
+                scope = chat.workspace_scope = decision.scope
+                scope_change = (request.chat_id, scope)
         meta = metadata.build_metadata(
             remote=str(self.peer),
             webui=env.webui,
@@ -195,11 +231,49 @@ class ClientSession:
             mcp_presets=env.mcp_presets,
             workspace_scope=scope,
             image_generation=env.image_generation,
-            streaming=self.cfg.streaming,
+            streaming=self.streaming,
         )
         replies = self._subscribe(request.chat_id, hydrate_always=False)
-        message = self._inbound(request.chat_id, request.content, saved, meta)
-        return Effects(replies, message)
+        message = self._inbound(
+            request.chat_id, request.content, saved, meta, request.turn_id
+        )
+        return Effects(replies, message, scope_change)
+
+    def store_unavailable(self, message: InboundMessage) -> Error:
+        """The soft error for a message the store could not take."""
+        return Error(
+            detail=STORE_UNAVAILABLE, chat_id=message.chat_id, turn_id=message.turn_id
+        )
+
+    def delivered(
+        self, message: InboundMessage
+    ) -> tuple[list[ServerEvent], UserMessageEcho]:
+        """After ``message`` is stored and with the agent: what clients see.
+
+        The sender gets ``message_accepted`` when it asked for it (a string
+        ``turn_id`` and ``webui: true``); every *other* subscriber of the
+        chat gets the ``user_message``. ``starts_turn`` is true when no turn
+        of the chat runs or waits, so this message starts one.
+        """
+        chat = self.hub.chat(message.chat_id)
+        starts_turn = chat.running_since is None and not chat.turn_pending
+        chat.turn_pending = True
+        replies: list[ServerEvent] = []
+        if message.turn_id is not None and message.metadata.get("webui") is True:
+            replies.append(
+                MessageAccepted(
+                    chat_id=message.chat_id,
+                    turn_id=message.turn_id,
+                    starts_turn=starts_turn,
+                )
+            )
+        echo = UserMessageEcho(
+            chat_id=message.chat_id,
+            text=message.content,
+            starts_turn=starts_turn,
+            turn_id=message.turn_id,
+        )
+        return replies, echo
 
     # --- handlers -------------------------------------------------------------
 
@@ -213,9 +287,9 @@ class ClientSession:
             mcp_presets=None,
             workspace_scope=self.hub.chat(self.default_chat).workspace_scope,
             image_generation=None,
-            streaming=self.cfg.streaming,
+            streaming=self.streaming,
         )
-        message = self._inbound(self.default_chat, request.content, [], meta)
+        message = self._inbound(self.default_chat, request.content, [], meta, None)
         return Effects([], message)
 
     def _new_chat(self, request: NewChat) -> Effects:
@@ -230,29 +304,44 @@ class ClientSession:
                 return Effects([self._scope_error(decision, None)])
             scope = decision.scope
         chat_id = _new_chat_id()
-        self.hub.set_scope(chat_id, scope)
+        chat = self.hub.chat(chat_id)
+        chat.loaded, chat.workspace_scope = True, scope
         self.hub.subscribe(self.key, chat_id)
         replies: list[ServerEvent] = [
-            Attached(chat_id=chat_id),
+            Attached(chat_id=chat_id, last_seq=0),
             SessionUpdated(chat_id=chat_id, scope="metadata", workspace_scope=scope),
         ]
         replies += self.hub.hydration(chat_id)
-        return Effects(replies)
+        return Effects(replies, scope_change=(chat_id, scope) if scope else None)
 
-    def _attach(self, request: Attach) -> Effects:
-        chat_id, since = request.chat_id, request.since_seq
-        cursor = self.hub.subscribe(self.key, chat_id, replay_after=since)
-        attached: list[ServerEvent] = [Attached(chat_id=chat_id)]
-        hydration: list[ServerEvent] = list(self.hub.hydration(chat_id))
-        if since is None:
-            return Effects(attached + hydration)
-        return Effects(attached, replay=Replay(chat_id, since, cursor, hydration))
+    def _attach(self, request: Attach, log: ChatLog) -> Effects:
+        chat_id = request.chat_id
+        published = self.hub.chat(chat_id).published_seq
+        last_seq = max(log.last_seq, published)
+        resume = resume_from(
+            chat_id,
+            since_seq=request.since_seq,
+            epoch=request.epoch,
+            chat_epoch=log.epoch,
+            first_seq=log.first_seq,
+            last_seq=last_seq,
+        )
+        self.hub.subscribe(self.key, chat_id, resume)
+        replies: list[ServerEvent] = [
+            Attached(chat_id=chat_id, epoch=log.epoch, last_seq=last_seq)
+        ]
+        if resume.notice is not None:
+            replies.append(resume.notice)
+        if not resume.replay:
+            # A replay hydrates when it hands over to live delivery.
+            replies += self.hub.hydration(chat_id)
+        return Effects(replies)
 
     def _set_scope(self, request: SetWorkspaceScope) -> Effects:
         decision = self._resolve_scope(request.chat_id, request.workspace_scope)
         if isinstance(decision, ScopeRejected):
             return Effects([self._scope_error(decision, request.chat_id)])
-        self.hub.set_scope(request.chat_id, decision.scope)
+        self.hub.chat(request.chat_id).workspace_scope = decision.scope
         return Effects(
             [
                 SessionUpdated(
@@ -260,16 +349,17 @@ class ClientSession:
                     scope="metadata",
                     workspace_scope=decision.scope,
                 )
-            ]
+            ],
+            scope_change=(request.chat_id, decision.scope),
         )
 
     # --- helpers --------------------------------------------------------------
 
     def _admitted(self) -> bool:
-        return allow_list_admits(self.cfg.allow_from, self.client_id)
+        return allow_list_admits(self.allow_from, self.client_id)
 
     def _subscribe(self, chat_id: str, *, hydrate_always: bool) -> list[ServerEvent]:
-        new = chat_id not in self.hub.connections.get(self.key, ())
+        new = not self.hub.is_subscribed(self.key, chat_id)
         self.hub.subscribe(self.key, chat_id)
         if new or hydrate_always:
             return list(self.hub.hydration(chat_id))
@@ -288,13 +378,27 @@ class ClientSession:
         )
 
     @staticmethod
-    def _scope_error(decision: ScopeRejected, chat_id: str | None) -> Error:
+    def _error(detail: str, request: ChatMessage) -> Error:
+        return Error(detail=detail, turn_id=request.turn_id)
+
+    @staticmethod
+    def _scope_error(
+        decision: ScopeRejected, chat_id: str | None, request: ChatMessage | None = None
+    ) -> Error:
         return Error(
-            detail=WORKSPACE_SCOPE_REJECTED, reason=decision.reason, chat_id=chat_id
+            detail=WORKSPACE_SCOPE_REJECTED,
+            reason=decision.reason,
+            chat_id=chat_id,
+            turn_id=None if request is None else request.turn_id,
         )
 
     def _inbound(
-        self, chat_id: str, content: str, media: list[str], meta: dict[str, Any]
+        self,
+        chat_id: str,
+        content: str,
+        media: list[str],
+        meta: dict[str, Any],
+        turn_id: str | None,
     ) -> InboundMessage:
         return InboundMessage(
             chat_id=chat_id,
@@ -303,4 +407,5 @@ class ClientSession:
             media=tuple(media),
             metadata=meta,
             received_at=self.wall_clock(),
+            turn_id=turn_id,
         )

@@ -21,7 +21,7 @@ Responses are produced by h11, framed for the request's method (no body for
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,12 +34,12 @@ from ..core.auth import IssuedTokenStore, split_target
 from ..core.hub import ChatHub
 from ..core.session import Peer
 from ..media.signing import MediaSigner, MediaUrlError
-from ..store.sqlite import SessionStore, UserMessage
+from ..store.base import ChatMeta, DeleteChat, SessionStore, StoreError, UserMessage
+from ..store.committer import StoreUnavailable
 from .head import RequestHead
 from .response import NOSNIFF, PeerGone, Responder, open_regular_file, send_file
 from .routes import (
     API_NOT_FOUND,
-    HEALTHY,
     INVALID_SESSION_KEY,
     INVALID_SINCE_SEQ,
     JSON,
@@ -56,6 +56,7 @@ from .routes import (
     api_token_valid,
     bootstrap_body,
     bootstrap_refusal,
+    health_response,
     issue_token,
     match_route,
     media_headers,
@@ -70,6 +71,8 @@ from .routes import (
 
 #: Events read from the store per step of a history answer.
 HISTORY_PAGE: Final = 1000
+#: Chats ``/api/sessions`` lists at most, newest first.
+SESSIONS_LIMIT: Final = 1000
 
 _json = msgspec.json.Encoder()
 
@@ -91,7 +94,12 @@ class HttpApp:
     hub: ChatHub[Any]
     signer: MediaSigner
     webui_dir: Path | None
+    #: Deletes a chat through the channel's ordered writes (raises
+    #: ``StoreUnavailable``); the default, for tests, writes to ``store``.
+    delete_chat: Callable[[str], Awaitable[bool]] | None = None
     metrics_text: Callable[[], tuple[bytes, str]] | None = None
+    #: Why the store cannot take writes now, or None (``/healthz``).
+    degraded: Callable[[], str | None] = lambda: None
     api_tokens: IssuedTokenStore = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -124,9 +132,11 @@ class HttpApp:
             return await out.simple(METHOD_NOT_ALLOWED, [allow])
         now = trio.current_time()
         if endpoint is Endpoint.ISSUE_TOKEN:
-            return await out.simple(issue_token(head, self.cfg, self.tokens, now))
+            return await out.simple(
+                issue_token(head, self.cfg, self.tokens, now, tcp=bool(peer.host))
+            )
         if endpoint is Endpoint.HEALTHZ:
-            return await out.simple(HEALTHY)
+            return await out.simple(health_response(self.degraded()))
         if endpoint is Endpoint.BOOTSTRAP:
             return await out.simple(self._bootstrap(head, peer, now))
         if endpoint is Endpoint.MEDIA:
@@ -140,20 +150,33 @@ class HttpApp:
             return await out.simple(self._metrics(authorized or peer.is_loopback))
         if not authorized:
             return await out.simple(UNAUTHORIZED)
+        try:
+            return await self._session_api(out, endpoint, match, query)
+        except (StoreError, StoreUnavailable) as exc:
+            return await out.simple(health_response(str(exc)))
+
+    async def _session_api(
+        self, out: Responder, endpoint: Endpoint, match: Match, query: dict[str, str]
+    ) -> None:
         if endpoint is Endpoint.SESSIONS:
-            body = sessions_body(self.store.chats(), self._running_since)
+            chats = await self.store.chats(SESSIONS_LIMIT)
+            body = sessions_body(chats, self._running_since)
             return await out.simple(HttpResponse(200, body, JSON))
         chat_id = parse_session_key(match.args[0])
         if chat_id is None:
             return await out.simple(INVALID_SESSION_KEY)
-        if self.store.chat(chat_id) is None:
+        meta = await self.store.chat(chat_id)
+        if meta is None:
             return await out.simple(SESSION_NOT_FOUND)
         if endpoint is Endpoint.SESSION_MESSAGES:
             since_seq = parse_since_seq(query)
             if since_seq is None:
                 return await out.simple(INVALID_SINCE_SEQ)
-            return await self._history(out, chat_id, since_seq)
-        deleted = await self.store.delete_chat(chat_id)
+            return await self._history(out, meta, since_seq)
+        if self.delete_chat is not None:
+            deleted = await self.delete_chat(chat_id)
+        else:
+            deleted = bool((await self.store.write([DeleteChat(chat_id)]))[0])
         return await out.simple(
             HttpResponse(200, _json.encode({"deleted": deleted}), JSON)
         )
@@ -187,31 +210,28 @@ class HttpApp:
         state = self.hub.chats.get(chat_id)
         return None if state is None else state.running_since
 
-    async def _history(self, out: Responder, chat_id: str, since_seq: int) -> None:
-        """Stream ``{"key","chat_id","first_seq","last_seq","events":[...]}``.
+    async def _history(self, out: Responder, meta: ChatMeta, since_seq: int) -> None:
+        """Stream ``{"key","chat_id","epoch","first_seq","last_seq","events":[...]}``.
 
-        ``last_seq`` is the chat's last ``seq`` once everything asked of the
-        store so far is committed; the answer holds exactly the events in
-        ``(since_seq, last_seq]`` still kept, with the user's messages of that
-        span in their place, so a client can attach with ``since_seq=last_seq``
-        and miss nothing.
+        ``last_seq`` is the chat's last stored ``seq`` (every event a client
+        has seen is stored: durable before visible); the answer holds exactly
+        the events in ``(since_seq, last_seq]`` still kept, with the user's
+        messages of that span in their place, so a client can attach with
+        ``since_seq=last_seq`` and ``epoch`` and miss nothing.
         """
-        await self.store.flush()
-        meta = self.store.chat(chat_id)
-        if meta is None:
-            return await out.simple(SESSION_NOT_FOUND)
+        chat_id = meta.chat_id
         first_seq, last_seq = meta.first_seq, meta.last_seq
         users = [
             m
-            for m in await self.store.user_messages(chat_id)
-            if since_seq <= m.after_seq <= last_seq
+            for m in await self.store.user_messages(chat_id, since_seq)
+            if m.after_seq <= last_seq
         ]
         shaped = await trio.to_thread.run_sync(
             shape_user_messages, users, self.signer.url_for
         )
         writer = HistoryWriter(deque(shaped))
         out.start(200, [("Content-Type", JSON), ("Cache-Control", "no-store"), NOSNIFF])
-        await out.data(history_head(chat_id, first_seq, last_seq))
+        await out.data(history_head(chat_id, meta.epoch, first_seq, last_seq))
         after = since_seq
         while after < last_seq:
             page = await self.store.read_events(chat_id, after, HISTORY_PAGE)
@@ -257,12 +277,13 @@ class HttpApp:
 # --- history shaping (pure) ----------------------------------------------------
 
 
-def history_head(chat_id: str, first_seq: int, last_seq: int) -> bytes:
+def history_head(chat_id: str, epoch: str, first_seq: int, last_seq: int) -> bytes:
     """The answer up to and including ``"events":[``."""
     head = _json.encode(
         {
             "key": session_key(chat_id),
             "chat_id": chat_id,
+            "epoch": epoch,
             "first_seq": first_seq,
             "last_seq": last_seq,
         }

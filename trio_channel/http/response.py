@@ -1,4 +1,9 @@
-"""Writing one HTTP response (h11) and sending files, for :mod:`trio_channel.api`.
+"""Writing one HTTP response (h11) and sending files.
+
+:class:`Responder` is the one response writer of the channel: API answers,
+files, handshake refusals and bad requests all go through it, framed by the
+h11 connection that read the request (so ``HEAD`` gets no body and
+HTTP/1.0 no chunking).
 
 Every ``send_all`` must make progress within a deadline, so a client that
 stops reading cannot hold a task; files are opened without following a last
@@ -65,7 +70,8 @@ async def send_file(
     try:
         start, length, status = 0, size, 200
         if ranges:
-            wanted = parse_range(out.head.headers.get("range"), size)
+            headers_in = out.head.headers if out.head is not None else {}
+            wanted = parse_range(headers_in.get("range"), size)
             if isinstance(wanted, RangeNotSatisfiable):
                 extra = [
                     ("Content-Range", f"bytes */{size}"),
@@ -113,25 +119,24 @@ class Responder:
     """
 
     stream: trio.abc.SendStream
-    head: RequestHead
+    #: None when no head could be read (a 400 or 431): a plain GET is assumed.
+    head: RequestHead | None
     send_timeout_s: float
     _conn: h11.Connection = attrs.field(init=False)
     _pending: bytes = attrs.field(default=b"", init=False)
 
     def __attrs_post_init__(self) -> None:
-        # h11 frames a response for the request it saw: replay the method and
-        # version (so HEAD gets no body and HTTP/1.0 no chunking).
-        first_line = self.head.raw.split(b"\r\n", 1)[0]
-        version = "1.0" if first_line.endswith(b"HTTP/1.0") else "1.1"
-        self._conn = h11.Connection(h11.SERVER)
-        self._conn.receive_data(
-            f"{self.head.method} / HTTP/{version}\r\nHost: x\r\n\r\n".encode("ascii")
-        )
-        self._conn.next_event()
+        conn = self.head.conn if self.head is not None else None
+        if conn is None or conn.our_state is not h11.SEND_RESPONSE:
+            # h11 only answers a request it saw: give it a plain one.
+            conn = h11.Connection(h11.SERVER)
+            conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.next_event()
+        self._conn = conn
 
     @property
     def head_only(self) -> bool:
-        return self.head.method == "HEAD"
+        return self.head is not None and self.head.method == "HEAD"
 
     async def simple(
         self, response: HttpResponse, extra_headers: Sequence[tuple[str, str]] = ()
@@ -166,6 +171,13 @@ class Responder:
     async def end(self) -> None:
         await self._send(self._pending + (self._conn.send(h11.EndOfMessage()) or b""))
         self._pending = b""
+
+    async def text(self, status: int, body: bytes) -> None:
+        """A short plain-text answer (refusals, bad requests); never raises."""
+        try:
+            await self.simple(HttpResponse(status, body))
+        except PeerGone:
+            return
 
     async def _send(self, data: bytes) -> None:
         if not data:

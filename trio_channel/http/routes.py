@@ -19,7 +19,6 @@ socket.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -28,10 +27,17 @@ from urllib.parse import unquote
 import attrs
 import msgspec
 
-from ..config import ChannelConfig, normalize_path
-from ..core.auth import IssuedTokenStore, issue_route_authorized, secret_matches
+from ..config import WILDCARD_HOSTS, ChannelConfig, normalize_path
+from ..core.auth import (
+    IssuedTokenStore,
+    bearer_value,
+    host_allowed,
+    issue_route_authorized,
+    parse_authority,
+    secret_matches,
+)
 from ..media.ingress import IMAGE_MIMES, VIDEO_MIMES
-from ..store.sqlite import ChatMeta
+from ..store.base import ChatMeta
 from .head import RequestHead
 
 JSON = "application/json"
@@ -58,12 +64,21 @@ API_NOT_FOUND = _text(404, "API route not found")
 UNAUTHORIZED = _text(401, "Unauthorized")
 METHOD_NOT_ALLOWED = _text(405, "Method Not Allowed")
 BOOTSTRAP_LOCALHOST_ONLY = _text(403, "bootstrap is localhost-only")
+HOST_NOT_ALLOWED = _text(403, "host not allowed")
 INVALID_SESSION_KEY = _text(400, "invalid session key")
 INVALID_SINCE_SEQ = _text(400, "invalid since_seq")
 SESSION_NOT_FOUND = _text(404, "session not found")
 MEDIA_NOT_FOUND = _text(404, "not found")
 TOO_MANY_TOKENS = _json_response(429, {"error": "too many outstanding tokens"})
 HEALTHY = _json_response(200, {"status": "ok"})
+
+
+def health_response(degraded_reason: str | None) -> HttpResponse:
+    """``/healthz``: 200 ok, or 503 while the store cannot take writes."""
+    if degraded_reason is None:
+        return HEALTHY
+    return _json_response(503, {"status": "degraded", "reason": degraded_reason})
+
 
 # --- which endpoint --------------------------------------------------------
 
@@ -156,10 +171,31 @@ def match_route(cfg: ChannelConfig, raw_path: str) -> Match:
     return Match(Endpoint.PAGE, ("" if "/" in segment else segment,))
 
 
+def host_refusal(
+    cfg: ChannelConfig, headers: Mapping[str, str], tcp: bool
+) -> HttpResponse | None:
+    """403 for a ``Host`` a DNS-rebinding page could send (PROTOCOL 1, 6).
+
+    Only with no secret set, and only on TCP: no browser reaches a unix
+    socket.
+    """
+    if not tcp or host_allowed(cfg, headers.get("host", "")):
+        return None
+    return HOST_NOT_ALLOWED
+
+
 def issue_token(
-    head: RequestHead, cfg: ChannelConfig, tokens: IssuedTokenStore, now: float
+    head: RequestHead,
+    cfg: ChannelConfig,
+    tokens: IssuedTokenStore,
+    now: float,
+    *,
+    tcp: bool = True,
 ) -> HttpResponse:
-    """``GET {token_issue_path}``: a single-use WebSocket token, or 401/429."""
+    """``GET {token_issue_path}``: a single-use WebSocket token, or 401/403/429."""
+    refused = host_refusal(cfg, head.headers, tcp)
+    if refused is not None:
+        return refused
     if not issue_route_authorized(cfg, head.headers):
         return UNAUTHORIZED
     token = tokens.issue(now)
@@ -170,8 +206,6 @@ def issue_token(
 
 # --- auth -------------------------------------------------------------------
 
-_BEARER_RE: Final = re.compile(r"\s*bearer\s+(\S+)\s*", re.IGNORECASE)
-
 
 def bootstrap_refusal(
     cfg: ChannelConfig, headers: Mapping[str, str], peer_is_loopback: bool
@@ -180,20 +214,24 @@ def bootstrap_refusal(
 
     With a secret (``token_issue_secret``, else ``token``) every caller must
     present it as the issue route wants it, loopback included (401). With
-    none, only loopback peers may (403); a unix-socket peer is not loopback.
+    none, only loopback peers may (403; a unix-socket peer is not loopback),
+    and only under a loopback ``Host`` or one in ``allowed_hosts`` (403):
+    a DNS-rebinding page must not get a token.
     """
     if cfg.token_issue_secret or cfg.token:
         return None if issue_route_authorized(cfg, headers) else UNAUTHORIZED
-    return None if peer_is_loopback else BOOTSTRAP_LOCALHOST_ONLY
+    if not peer_is_loopback:
+        return BOOTSTRAP_LOCALHOST_ONLY
+    return host_refusal(cfg, headers, tcp=True)
 
 
 def request_api_token(
     headers: Mapping[str, str], query: Mapping[str, str]
 ) -> str | None:
     """The API token a request carries: ``Authorization: Bearer``, else ``?token=``."""
-    bearer = _BEARER_RE.fullmatch(headers.get("authorization", ""))
-    if bearer is not None:
-        return bearer.group(1)
+    bearer = bearer_value(headers)
+    if bearer:
+        return bearer
     return query.get("token")
 
 
@@ -205,27 +243,6 @@ def api_token_valid(
 
 
 # --- bootstrap --------------------------------------------------------------
-
-_HOST_RE: Final = re.compile(
-    r"(?P<host>[A-Za-z0-9_.-]{1,253}|\[(?P<v6>[0-9A-Fa-f:.]{2,45})\])"
-    r"(?::(?P<port>[0-9]{1,5}))?"
-)
-_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
-
-
-def _plain_host(value: str) -> bool:
-    """``host[:port]`` or ``[v6][:port]``, nothing else (no user, path, list)."""
-    m = _HOST_RE.fullmatch(value)
-    if m is None:
-        return False
-    if m["port"] is not None and int(m["port"]) > 65535:
-        return False
-    if m["v6"] is not None:
-        try:
-            ipaddress.IPv6Address(m["v6"])
-        except ValueError:
-            return False
-    return True
 
 
 def ws_url(cfg: ChannelConfig, headers: Mapping[str, str]) -> str:
@@ -239,10 +256,10 @@ def ws_url(cfg: ChannelConfig, headers: Mapping[str, str]) -> str:
     forwarded = headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
     secure = forwarded in ("https", "wss") or bool(cfg.ssl_certfile)
     host_header = headers.get("host", "").strip()
-    if _plain_host(host_header):
+    if parse_authority(host_header) is not None:
         authority = host_header
     else:
-        host = "127.0.0.1" if cfg.host in _WILDCARD_HOSTS else cfg.host
+        host = "127.0.0.1" if not cfg.host or cfg.host in WILDCARD_HOSTS else cfg.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         authority = f"{host}:{cfg.port}"
@@ -298,11 +315,14 @@ def parse_since_seq(query: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
-def sessions_body(
+def session_rows(
     chats: Iterable[ChatMeta], running_since: Callable[[str], float | None]
-) -> bytes:
-    """``{"sessions": [...]}``; ``run_started_at`` only while a turn runs."""
-    sessions = []
+) -> list[dict[str, object]]:
+    """One row per chat for ``/api/sessions`` and ``sessions.list``.
+
+    ``run_started_at`` only while a turn runs.
+    """
+    rows = []
     for meta in chats:
         item: dict[str, object] = {
             "key": session_key(meta.chat_id),
@@ -314,8 +334,15 @@ def sessions_body(
         started = running_since(meta.chat_id)
         if started is not None:
             item["run_started_at"] = started
-        sessions.append(item)
-    return _json.encode({"sessions": sessions})
+        rows.append(item)
+    return rows
+
+
+def sessions_body(
+    chats: Iterable[ChatMeta], running_since: Callable[[str], float | None]
+) -> bytes:
+    """``{"sessions": [...]}``, newest first as the store lists them."""
+    return _json.encode({"sessions": session_rows(chats, running_since)})
 
 
 # --- media ------------------------------------------------------------------

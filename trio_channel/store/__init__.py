@@ -1,1 +1,30 @@
+"""Session stores: the interface (:mod:`.base`) and its implementations.
 
+:func:`open_store` picks one from the configuration: ``sqlite`` (the
+default, a file in ``data_dir``) or ``memory`` (nothing is kept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ChannelConfig
+from .base import SessionStore
+from .memory import MemoryStore
+from .sqlite import SqliteStore
+
+__all__ = ["STORE_FILE", "open_store"]
+
+#: The SQLite file of the session store, inside ``data_dir``.
+STORE_FILE = "sessions.sqlite3"
+
+
+def open_store(cfg: ChannelConfig) -> SessionStore:
+    """The store ``cfg.session_store`` names (run it with ``nursery.start``)."""
+    if cfg.session_store == "memory":
+        return MemoryStore(history_limit=cfg.history_limit)
+    return SqliteStore(
+        Path(cfg.data_dir) / STORE_FILE,
+        history_limit=cfg.history_limit,
+        synchronous=cfg.sqlite_synchronous,
+    )

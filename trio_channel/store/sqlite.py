@@ -1,515 +1,461 @@
-"""The session store: per-chat event log with ``seq``, user messages, chat metadata.
+"""The SQLite session store: the default, one file in ``data_dir``.
 
-Why it looks like this:
+Durability: WAL mode; a batch is one transaction, committed before
+:meth:`SqliteStore.write` returns. With ``synchronous=NORMAL`` (the default)
+a committed batch survives a kill -9 of the daemon (it is in the WAL file,
+in the OS's page cache); with ``synchronous=FULL`` every commit also waits
+for the disk, so it survives power loss too. docs/operations.md has the
+measured cost.
 
-- **The dispatcher never waits on disk per event.** :meth:`SessionStore.append_event`
-  is synchronous: it assigns the chat's next ``seq`` from an in-memory mirror,
-  remembers the encoded event as *pending* and queues the write. One writer
-  task (:meth:`SessionStore.run`) commits everything queued in one transaction
-  per batch, off the event loop (``trio.to_thread``), then forgets the pending
-  copies. Callers that produce writes call :meth:`SessionStore.wait_for_room`
-  first, so the queue stays bounded (back-pressure, never unbounded memory).
-- **Reads never miss an event still in flight.** A read takes the same lock the
-  writer holds while it commits, reads the database, and appends the pending
-  events: the database holds a prefix of the log and pending the rest, so
-  replay has no gap and no duplicate while the agent keeps producing.
-- **``seq`` is never reused.** It starts at 1 per chat, has no gaps, survives
-  restarts (loaded at start) and even deleting a chat (a tombstone keeps it).
-- **Chat metadata** (times, workspace scope, goal state) lives in memory and
-  is written as dirty rows with the next batch, coalesced per chat.
+Threads: all SQL runs in worker threads, never on the event loop. One
+connection writes, one reads (WAL lets readers see the last commit while the
+writer works); a trio lock per connection keeps each used by one thread at
+a time.
 
-SQLite in WAL mode is the first implementation; ``":memory:"`` gives the same
-behaviour without a file (tests, or a daemon that must not persist).
+Memory: chat rows are cached, bounded (:class:`_RowCache`, least recently
+used first out), so a store with millions of chats costs a bounded amount of
+RAM. Only the writer thread fills the cache, with committed rows, so it is
+always right: the writer takes ``seq`` from it.
 """
 
 from __future__ import annotations
 
-import itertools
-import secrets
 import sqlite3
-import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from threading import Lock
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
 import msgspec
 import trio
 
+from .base import (
+    PREVIEW_CHARS,
+    TITLE_CHARS,
+    Appended,
+    AppendEvent,
+    AppendUserMessage,
+    ChatMeta,
+    DeleteChat,
+    EventPage,
+    StoredUserMessage,
+    StoreError,
+    StoreOp,
+    StoreResult,
+    UpdateChat,
+    UserMessage,
+    new_epoch,
+    with_seq,
+)
+from .sqlite_schema import prepare
+
 _T = TypeVar("_T")
 
-DEFAULT_HISTORY_LIMIT = 10_000
-DEFAULT_QUEUE_SIZE = 8192
-DEFAULT_FLUSH_INTERVAL_S = 0.02
+DEFAULT_CACHE_ROWS: Final = 10_000
+#: SQLite's result codes that a retry may cure (the database is busy).
+_TRANSIENT_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_ROW_COLUMNS: Final = (
+    "id, chat_id, epoch, created_at, updated_at, first_seq, last_seq,"
+    " workspace_scope, goal_state, title, preview"
+)
 
 _json = msgspec.json.Encoder()
 _unjson = msgspec.json.Decoder()
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chats (
-    chat_id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    workspace_scope TEXT,
-    goal_state TEXT,
-    first_seq INTEGER NOT NULL DEFAULT 1,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    deleted INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS events (
-    chat_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    PRIMARY KEY (chat_id, seq),
-    UNIQUE (chat_id, event_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS user_messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    chat_id TEXT NOT NULL,
-    after_seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    client_id TEXT NOT NULL,
-    content TEXT NOT NULL,
-    media TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS user_messages_by_chat ON user_messages (chat_id, id);
-"""
+
+@attrs.define(slots=True)
+class _Row:
+    """A chat row as the writer works on it (a staged copy until commit)."""
+
+    id: int
+    chat_id: str
+    epoch: str
+    created_at: float
+    updated_at: float
+    first_seq: int = 1
+    last_seq: int = 0
+    workspace_scope: Any = None
+    goal_state: Any = None
+    title: str | None = None
+    preview: str | None = None
+
+    def meta(self) -> ChatMeta:
+        return ChatMeta(
+            chat_id=self.chat_id,
+            epoch=self.epoch,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            first_seq=self.first_seq,
+            last_seq=self.last_seq,
+            workspace_scope=self.workspace_scope,
+            goal_state=self.goal_state,
+            title=self.title,
+            preview=self.preview,
+        )
+
+    @classmethod
+    def from_sql(cls, row: tuple[Any, ...]) -> _Row:
+        return cls(
+            id=row[0],
+            chat_id=row[1],
+            epoch=row[2],
+            created_at=row[3],
+            updated_at=row[4],
+            first_seq=row[5],
+            last_seq=row[6],
+            workspace_scope=_load(row[7]),
+            goal_state=_load(row[8]),
+            title=row[9],
+            preview=row[10],
+        )
 
 
 @attrs.define
-class ChatMeta:
-    """What the store knows about one chat (mirrored in memory)."""
+class _RowCache:
+    """Committed chat rows, least recently used evicted first.
 
-    chat_id: str
-    created_at: float
-    updated_at: float
-    workspace_scope: Any = None
-    goal_state: dict[str, Any] | None = None
-    first_seq: int = 1
-    last_seq: int = 0
-    deleted: bool = False
+    Written by the writer thread only; the event loop may peek (under the
+    lock) to answer :meth:`SqliteStore.chat` without a thread hop.
+    """
 
+    capacity: int
+    _rows: OrderedDict[str, _Row] = attrs.field(factory=OrderedDict)
+    _lock: Lock = attrs.field(factory=Lock)
 
-@attrs.frozen
-class EventPage:
-    """Persisted events of one chat after some ``seq``, in order."""
+    def get(self, chat_id: str) -> _Row | None:
+        with self._lock:
+            row = self._rows.get(chat_id)
+            if row is not None:
+                self._rows.move_to_end(chat_id)
+            return row
 
-    #: The oldest ``seq`` still kept (``last_seq + 1`` when nothing is kept).
-    first_seq: int
-    #: ``(seq, payload)``; payload is the event's JSON as sent to clients.
-    events: list[tuple[int, bytes]]
-    #: The chat's newest ``seq`` when the page was read (0: no event yet).
-    last_seq: int = 0
+    def install(self, rows: dict[str, _Row | None]) -> None:
+        with self._lock:
+            for chat_id, row in rows.items():
+                if row is None:
+                    self._rows.pop(chat_id, None)
+                    continue
+                self._rows[chat_id] = row
+                self._rows.move_to_end(chat_id)
+            while len(self._rows) > self.capacity:
+                self._rows.popitem(last=False)
 
-
-@attrs.frozen
-class UserMessage:
-    chat_id: str
-    #: The chat's last ``seq`` when the message arrived: it sits after that event.
-    after_seq: int
-    at: float
-    client_id: str
-    content: str
-    media: tuple[str, ...]
-
-
-@attrs.frozen
-class _AppendEvent:
-    chat_id: str
-    seq: int
-    event_id: str
-    payload: bytes
-
-
-_Op = _AppendEvent | UserMessage
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 @attrs.define(eq=False)
-class SessionStore:
-    """Durable chat history. Run :meth:`run` in a nursery before using it."""
+class SqliteStore:
+    """Chat logs in one SQLite file (see the module docstring)."""
 
-    path: str
-    history_limit: int = DEFAULT_HISTORY_LIMIT
-    queue_size: int = DEFAULT_QUEUE_SIZE
-    wall_clock: Callable[[], float] = time.time
-    #: Called with each batch's commit time in seconds (metrics hook).
-    on_flush: Callable[[float], None] | None = None
-    #: How long the writer gathers writes before committing them as one
-    #: batch: fewer transactions and thread hops under load, at the price of
-    #: what a kill -9 may lose (see docs/operations.md). At most 50 ms.
-    flush_interval_s: float = attrs.field(
-        default=DEFAULT_FLUSH_INTERVAL_S, validator=attrs.validators.le(0.05)
-    )
+    path: Path
+    history_limit: int = 10_000
+    synchronous: Literal["normal", "full"] = "normal"
+    cache_rows: int = DEFAULT_CACHE_ROWS
+    description: str = attrs.field(init=False)
+    _writer: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _reader: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _write_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _read_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _rows: _RowCache = attrs.field(init=False)
 
-    _chats: dict[str, ChatMeta] = attrs.field(factory=dict, init=False)
-    _pending: dict[str, deque[tuple[int, bytes]]] = attrs.field(
-        factory=dict, init=False
-    )
-    _ops: deque[_Op] = attrs.field(factory=deque, init=False)
-    _dirty: set[str] = attrs.field(factory=set, init=False)
-    _deleted: list[str] = attrs.field(factory=list, init=False)
-    _db: sqlite3.Connection | None = attrs.field(default=None, init=False)
-    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
-    _writer_lot: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
-    _room_lot: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
-    _flushed_lot: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
-    _event_ids: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
-    _node: str = attrs.field(factory=lambda: secrets.token_hex(4), init=False)
-    #: Writes asked for so far, and how many of them are committed.
-    _requested: int = attrs.field(default=0, init=False)
-    _committed: int = attrs.field(default=0, init=False)
-    _closed: bool = attrs.field(default=False, init=False)
-    #: Someone waits for a commit: the writer skips gathering.
-    _urgent: bool = attrs.field(default=False, init=False)
+    def __attrs_post_init__(self) -> None:
+        self.description = f"sqlite {self.path} (synchronous={self.synchronous})"
+        self._rows = _RowCache(self.cache_rows)
 
     # --- lifecycle ----------------------------------------------------------
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Open the database, load every chat, then commit batches until cancelled.
-
-        On cancellation everything queued is committed before returning
-        (shielded), so a graceful shutdown keeps every event.
-        """
-        await self._off_loop(self._open)
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await trio.to_thread.run_sync(self._open)
+        except (sqlite3.Error, OSError) as exc:
+            await trio.to_thread.run_sync(self._close)
+            raise StoreError(
+                f"cannot open {self.path}: {exc}", transient=False
+            ) from exc
         task_status.started()
         try:
-            while True:
-                while not self._ops and not self._dirty and not self._deleted:
-                    await self._writer_lot.park()
-                # Gather a batch, unless someone waits on flush() or the
-                # queue is half full.
-                with trio.move_on_after(self.flush_interval_s):
-                    while not self._urgent and len(self._ops) < self.queue_size // 2:
-                        await self._writer_lot.park()
-                await self._flush()
+            await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await self._flush()
-                async with self._lock:
-                    db, self._db = self._db, None
-                    if db is not None:
-                        await self._off_loop(db.close)
-                self._closed = True
-                self._flushed_lot.unpark_all()
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._ops)
-
-    # --- writes (sync, hot path) ------------------------------------------------
-
-    def append_event(
-        self, chat_id: str, encode: Callable[[int], bytes]
-    ) -> tuple[int, bytes]:
-        """Assign the chat's next ``seq``, encode the event with it, queue the write.
-
-        Returns ``(seq, payload)``; the payload is what clients receive.
-        """
-        meta = self._touch(chat_id)
-        seq = meta.last_seq + 1
-        payload = encode(seq)  # may raise: then the seq is not used up
-        meta.last_seq = seq
-        self._pending.setdefault(chat_id, deque()).append((seq, payload))
-        event_id = f"{self._node}:{next(self._event_ids)}"
-        self._queue(_AppendEvent(chat_id, seq, event_id, payload))
-        return seq, payload
-
-    def append_user_message(
-        self, chat_id: str, client_id: str, content: str, media: tuple[str, ...]
-    ) -> None:
-        meta = self._touch(chat_id)
-        self._queue(
-            UserMessage(
-                chat_id, meta.last_seq, meta.updated_at, client_id, content, media
-            )
-        )
-
-    def update_chat(
-        self,
-        chat_id: str,
-        *,
-        workspace_scope: Any = msgspec.UNSET,
-        goal_state: Any = msgspec.UNSET,
-    ) -> ChatMeta:
-        """Create or change a chat's metadata; written with the next batch."""
-        meta = self._touch(chat_id)
-        if workspace_scope is not msgspec.UNSET:
-            meta.workspace_scope = workspace_scope
-        if goal_state is not msgspec.UNSET:
-            meta.goal_state = goal_state
-        self._writer_lot.unpark_all()
-        return meta
-
-    async def wait_for_room(self) -> None:
-        """Wait while the write queue is full (call before producing writes)."""
-        while len(self._ops) >= self.queue_size:
-            await self._room_lot.park()
-
-    async def delete_chat(self, chat_id: str) -> bool:
-        """Forget a chat's history; its ``seq`` keeps counting if it is reused."""
-        meta = self._chats.get(chat_id)
-        if meta is None or meta.deleted:
-            return False
-        meta.deleted = True
-        meta.first_seq = meta.last_seq + 1
-        meta.goal_state = meta.workspace_scope = None
-        self._pending.pop(chat_id, None)
-        self._ops = deque(op for op in self._ops if op.chat_id != chat_id)
-        self._deleted.append(chat_id)
-        self._dirty.add(chat_id)
-        self._requested += 1
-        self._writer_lot.unpark_all()
-        await self.flush()
-        return True
-
-    # --- reads ------------------------------------------------------------------
-
-    def chat(self, chat_id: str) -> ChatMeta | None:
-        meta = self._chats.get(chat_id)
-        return None if meta is None or meta.deleted else meta
-
-    def chats(self) -> list[ChatMeta]:
-        """Every live chat, most recently updated first."""
-        live = [m for m in self._chats.values() if not m.deleted]
-        return sorted(live, key=lambda m: m.updated_at, reverse=True)
-
-    async def read_events(self, chat_id: str, after_seq: int, limit: int) -> EventPage:
-        """Up to ``limit`` events with ``seq > after_seq``, committed or not."""
-        async with self._lock:
-            meta = self._chats.get(chat_id)
-            if meta is None:
-                return EventPage(1, [])
-            rows: list[tuple[int, bytes]] = []
-            if self._db is not None:
-                rows = await self._off_loop(
-                    self._select_events, chat_id, after_seq, limit
-                )
-            # Still holding the lock: the database holds a prefix of the log
-            # and pending the rest, so this is exactly the log after after_seq.
-            last = rows[-1][0] if rows else after_seq
-            for seq, payload in self._pending.get(chat_id, ()):
-                if len(rows) >= limit:
-                    break
-                if seq > last:
-                    rows.append((seq, payload))
-            return EventPage(meta.first_seq, rows, meta.last_seq)
-
-    async def user_messages(self, chat_id: str) -> list[UserMessage]:
-        """The chat's user messages, oldest first (committed ones: call flush())."""
-        async with self._lock:
-            if self._db is None:
-                return []
-            return await self._off_loop(self._select_user_messages, chat_id)
-
-    async def flush(self) -> None:
-        """Wait until every write asked for so far is committed."""
-        target = self._requested
-        self._urgent = True
-        self._writer_lot.unpark_all()
-        while self._committed < target and not self._closed:
-            await self._flushed_lot.park()
-
-    # --- internals ----------------------------------------------------------------
-
-    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run blocking database work in a worker thread.
-
-        An in-memory database does no I/O, so it runs inline (after a
-        checkpoint): cheaper, and deterministic under ``MockClock``, whose
-        autojump would otherwise treat a thread's work as idle time.
-        """
-        if self.path == ":memory:":
-            await trio.lowlevel.checkpoint()
-            return fn(*args)
-        return await trio.to_thread.run_sync(fn, *args)
-
-    def _touch(self, chat_id: str) -> ChatMeta:
-        now = self.wall_clock()
-        meta = self._chats.get(chat_id)
-        if meta is None:
-            meta = self._chats[chat_id] = ChatMeta(chat_id, now, now)
-        elif meta.deleted:
-            meta.deleted = False
-            meta.created_at = now
-        meta.updated_at = now
-        self._dirty.add(chat_id)
-        self._requested += 1
-        return meta
-
-    def _queue(self, op: _Op) -> None:
-        self._ops.append(op)
-        depth = len(self._ops)
-        if depth == 1 or depth == self.queue_size // 2:
-            self._writer_lot.unpark_all()
-
-    async def _flush(self) -> None:
-        async with self._lock:
-            self._urgent = False
-            upto = self._requested
-            ops, self._ops = self._ops, deque()
-            dirty, self._dirty = self._dirty, set()
-            deleted, self._deleted = self._deleted, []
-            metas = [attrs.evolve(self._chats[c]) for c in dirty if c in self._chats]
-            self._room_lot.unpark_all()
-            if self._db is not None and (ops or metas or deleted):
-                started = trio.current_time()
-                trimmed = await self._off_loop(self._write, ops, metas, deleted)
-                if self.on_flush is not None:
-                    self.on_flush(trio.current_time() - started)
-                for chat_id, first_seq in trimmed.items():
-                    self._chats[chat_id].first_seq = first_seq
-            committed: dict[str, int] = {}
-            for op in ops:
-                if isinstance(op, _AppendEvent):
-                    committed[op.chat_id] = op.seq
-            for chat_id, seq in committed.items():
-                pending = self._pending.get(chat_id)
-                while pending and pending[0][0] <= seq:
-                    pending.popleft()
-                if not pending:
-                    self._pending.pop(chat_id, None)
-            self._committed = upto
-            self._flushed_lot.unpark_all()
-
-    # --- blocking database work (runs in a worker thread, under the lock) -------
+                async with self._write_lock, self._read_lock:
+                    await trio.to_thread.run_sync(self._close)
 
     def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        for row in db.execute(
-            "SELECT chat_id, created_at, updated_at, workspace_scope, goal_state,"
-            " first_seq, last_seq, deleted FROM chats"
-        ):
-            self._chats[row[0]] = ChatMeta(
-                chat_id=row[0],
-                created_at=row[1],
-                updated_at=row[2],
-                workspace_scope=_load(row[3]),
-                goal_state=_load(row[4]),
-                first_seq=row[5],
-                last_seq=row[6],
-                deleted=bool(row[7]),
-            )
-        self._db = db
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        writer = self._writer = self._connect()
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        prepare(writer)
+        writer.execute("SELECT count(*) FROM chats").fetchone()
+        self._reader = self._connect()
 
-    def _write(
-        self, ops: deque[_Op], metas: list[ChatMeta], deleted: list[str]
-    ) -> dict[str, int]:
-        db = self._db
-        assert db is not None
-        trimmed: dict[str, int] = {}
-        db.execute("BEGIN")
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    def _close(self) -> None:
+        for db in (self._writer, self._reader):
+            if db is not None:
+                db.close()
+        self._writer = self._reader = None
+
+    # --- writes ---------------------------------------------------------------
+
+    async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
+        async with self._write_lock:
+            return await self._in_thread(self._apply, list(ops))
+
+    def _apply(self, ops: list[StoreOp]) -> list[StoreResult]:
+        db = self._writer
+        if db is None:
+            raise StoreError("the store is closed", transient=False)
+        batch = _Batch(db, self._rows, self.history_limit)
+        db.execute("BEGIN IMMEDIATE")
         try:
-            for chat_id in deleted:
-                db.execute("DELETE FROM events WHERE chat_id = ?", (chat_id,))
-                db.execute("DELETE FROM user_messages WHERE chat_id = ?", (chat_id,))
-            db.executemany(
-                "INSERT INTO chats (chat_id, created_at, updated_at, workspace_scope,"
-                " goal_state, first_seq, last_seq, deleted) VALUES (?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (chat_id) DO UPDATE SET created_at = excluded.created_at,"
-                " updated_at = excluded.updated_at,"
-                " workspace_scope = excluded.workspace_scope,"
-                " goal_state = excluded.goal_state, last_seq = excluded.last_seq,"
-                " first_seq = excluded.first_seq, deleted = excluded.deleted",
-                [
-                    (
-                        m.chat_id,
-                        m.created_at,
-                        m.updated_at,
-                        _dump(m.workspace_scope),
-                        _dump(m.goal_state),
-                        m.first_seq,
-                        m.last_seq,
-                        int(m.deleted),
-                    )
-                    for m in metas
-                ],
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO events (chat_id, seq, event_id, payload)"
-                " VALUES (?,?,?,?)",
-                [
-                    (op.chat_id, op.seq, op.event_id, op.payload)
-                    for op in ops
-                    if isinstance(op, _AppendEvent)
-                ],
-            )
-            db.executemany(
-                "INSERT INTO user_messages (chat_id, after_seq, at, client_id,"
-                " content, media) VALUES (?,?,?,?,?,?)",
-                [
-                    (
-                        op.chat_id,
-                        op.after_seq,
-                        op.at,
-                        op.client_id,
-                        op.content,
-                        _json.encode(list(op.media)).decode(),
-                    )
-                    for op in ops
-                    if isinstance(op, UserMessage)
-                ],
-            )
-            for meta in metas:
-                first = meta.last_seq - self.history_limit + 1
-                if first > meta.first_seq:
-                    db.execute(
-                        "DELETE FROM events WHERE chat_id = ? AND seq < ?",
-                        (meta.chat_id, first),
-                    )
-                    db.execute(
-                        "DELETE FROM user_messages WHERE chat_id = ? AND after_seq < ?",
-                        (meta.chat_id, first - 1),
-                    )
-                    db.execute(
-                        "UPDATE chats SET first_seq = ? WHERE chat_id = ?",
-                        (first, meta.chat_id),
-                    )
-                    trimmed[meta.chat_id] = first
+            results = [batch.apply(op) for op in ops]
+            batch.save()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        return trimmed
+        self._rows.install(batch.staged)
+        return results
+
+    # --- reads ----------------------------------------------------------------
+
+    async def chat(self, chat_id: str) -> ChatMeta | None:
+        cached = self._rows.get(chat_id)
+        if cached is not None:
+            return cached.meta()
+        return await self._read(self._select_chat, chat_id)
+
+    def _select_chat(self, db: sqlite3.Connection, chat_id: str) -> ChatMeta | None:
+        row = db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,)
+        ).fetchone()
+        return None if row is None else _Row.from_sql(row).meta()
+
+    async def chats(self, limit: int) -> list[ChatMeta]:
+        return await self._read(self._select_chats, limit)
+
+    def _select_chats(self, db: sqlite3.Connection, limit: int) -> list[ChatMeta]:
+        rows = db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM chats ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_Row.from_sql(row).meta() for row in rows]
+
+    async def read_events(self, chat_id: str, after_seq: int, limit: int) -> EventPage:
+        return await self._read(self._select_events, chat_id, after_seq, limit)
 
     def _select_events(
-        self, chat_id: str, after_seq: int, limit: int
-    ) -> list[tuple[int, bytes]]:
-        assert self._db is not None
-        return list(
-            self._db.execute(
-                "SELECT seq, payload FROM events WHERE chat_id = ? AND seq > ?"
+        self, db: sqlite3.Connection, chat_id: str, after_seq: int, limit: int
+    ) -> EventPage:
+        db.execute("BEGIN")  # one snapshot for the row and its events
+        try:
+            row = db.execute(
+                "SELECT id, epoch, first_seq, last_seq FROM chats WHERE chat_id = ?",
+                (chat_id,),
+            ).fetchone()
+            if row is None:
+                return EventPage(1, [], 0, None)
+            events = db.execute(
+                "SELECT seq, payload FROM events WHERE chat = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
-                (chat_id, after_seq, limit),
-            )
-        )
+                (row[0], after_seq, limit),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return EventPage(row[2], events, row[3], row[1])
 
-    def _select_user_messages(self, chat_id: str) -> list[UserMessage]:
-        assert self._db is not None
+    async def user_messages(
+        self, chat_id: str, since_seq: int = 0, limit: int = 10_000
+    ) -> list[UserMessage]:
+        return await self._read(self._select_user_messages, chat_id, since_seq, limit)
+
+    def _select_user_messages(
+        self, db: sqlite3.Connection, chat_id: str, since_seq: int, limit: int
+    ) -> list[UserMessage]:
+        rows = db.execute(
+            "SELECT u.after_seq, u.at, u.client_id, u.content, u.media, u.turn_id"
+            " FROM user_messages u JOIN chats c ON c.id = u.chat"
+            " WHERE c.chat_id = ? AND u.after_seq >= ? ORDER BY u.id LIMIT ?",
+            (chat_id, since_seq, limit),
+        )
         return [
             UserMessage(
-                chat_id, row[0], row[1], row[2], row[3], tuple(_unjson.decode(row[4]))
+                chat_id, r[0], r[1], r[2], r[3], tuple(_unjson.decode(r[4])), r[5]
             )
-            for row in self._db.execute(
-                "SELECT after_seq, at, client_id, content, media FROM user_messages"
-                " WHERE chat_id = ? ORDER BY id",
-                (chat_id,),
-            )
+            for r in rows
         ]
+
+    # --- helpers --------------------------------------------------------------
+
+    async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        async with self._read_lock:
+            db = self._reader
+            if db is None:
+                raise StoreError("the store is closed", transient=False)
+            return await self._in_thread(fn, db, *args)
+
+    @staticmethod
+    async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+            raise StoreError(
+                f"sqlite: {exc} ({name})", transient=code in _TRANSIENT_CODES
+            ) from exc
+
+
+@attrs.define
+class _Batch:
+    """One write transaction: staged copies of every chat row it touches."""
+
+    db: sqlite3.Connection
+    cache: _RowCache
+    history_limit: int
+    #: chat_id -> the row after this batch; None: deleted.
+    staged: dict[str, _Row | None] = attrs.field(factory=dict)
+
+    def apply(self, op: StoreOp) -> StoreResult:
+        if isinstance(op, AppendEvent):
+            return self._append_event(op)
+        if isinstance(op, AppendUserMessage):
+            return self._append_user_message(op)
+        if isinstance(op, UpdateChat):
+            return self._update_chat(op)
+        return self._delete_chat(op)
+
+    def _row(self, chat_id: str) -> _Row | None:
+        if chat_id in self.staged:
+            return self.staged[chat_id]
+        cached = self.cache.get(chat_id)
+        if cached is not None:
+            row: _Row | None = attrs.evolve(cached)
+        else:
+            found = self.db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,)
+            ).fetchone()
+            row = None if found is None else _Row.from_sql(found)
+        self.staged[chat_id] = row
+        return row
+
+    def _row_or_new(self, chat_id: str, at: float) -> _Row:
+        row = self._row(chat_id)
+        if row is None:
+            epoch = new_epoch()
+            cursor = self.db.execute(
+                "INSERT INTO chats (chat_id, epoch, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (chat_id, epoch, at, at),
+            )
+            assert cursor.lastrowid is not None
+            row = self.staged[chat_id] = _Row(cursor.lastrowid, chat_id, epoch, at, at)
+        return row
+
+    def _append_event(self, op: AppendEvent) -> Appended:
+        row = self._row_or_new(op.chat_id, op.at)
+        seq = row.last_seq + 1
+        payload = with_seq(op.payload, seq)
+        inserted = self.db.execute(
+            "INSERT INTO events (chat, seq, event_id, payload) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (row.id, seq, op.event_id, payload),
+        ).rowcount
+        if not inserted:
+            # A retry of an append that was stored: its first seq stands.
+            seq, payload, epoch = self.db.execute(
+                "SELECT e.seq, e.payload, c.epoch FROM events e JOIN chats c"
+                " ON c.id = e.chat WHERE e.event_id = ?",
+                (op.event_id,),
+            ).fetchone()
+            return Appended(seq, epoch, payload)
+        row.last_seq = seq
+        row.updated_at = max(row.updated_at, op.at)
+        if row.preview is None and op.text:
+            row.preview = op.text[:PREVIEW_CHARS]
+        return Appended(seq, row.epoch, payload)
+
+    def _append_user_message(self, op: AppendUserMessage) -> StoredUserMessage:
+        row = self._row_or_new(op.chat_id, op.at)
+        self.db.execute(
+            "INSERT INTO user_messages (chat, after_seq, at, client_id, content,"
+            " media, turn_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.last_seq,
+                op.at,
+                op.client_id,
+                op.content,
+                _json.encode(list(op.media)).decode(),
+                op.turn_id,
+            ),
+        )
+        row.updated_at = max(row.updated_at, op.at)
+        if row.title is None and op.content.strip():
+            row.title = op.content.strip()[:TITLE_CHARS]
+        if row.preview is None and op.content.strip():
+            row.preview = op.content.strip()[:PREVIEW_CHARS]
+        return StoredUserMessage(row.last_seq, row.epoch)
+
+    def _update_chat(self, op: UpdateChat) -> ChatMeta:
+        row = self._row_or_new(op.chat_id, op.at)
+        if op.workspace_scope is not msgspec.UNSET:
+            row.workspace_scope = op.workspace_scope
+        if op.goal_state is not msgspec.UNSET:
+            row.goal_state = op.goal_state
+        if op.title is not msgspec.UNSET:
+            row.title = op.title
+        return row.meta()
+
+    def _delete_chat(self, op: DeleteChat) -> bool:
+        row = self._row(op.chat_id)
+        if row is None:
+            return False
+        self.db.execute("DELETE FROM events WHERE chat = ?", (row.id,))
+        self.db.execute("DELETE FROM user_messages WHERE chat = ?", (row.id,))
+        self.db.execute("DELETE FROM chats WHERE id = ?", (row.id,))
+        self.staged[op.chat_id] = None
+        return True
+
+    def save(self) -> None:
+        """Write each touched row once, trimming logs past ``history_limit``."""
+        for row in self.staged.values():
+            if row is None:
+                continue
+            first = row.last_seq - self.history_limit + 1
+            if first > row.first_seq:
+                self.db.execute(
+                    "DELETE FROM events WHERE chat = ? AND seq < ?", (row.id, first)
+                )
+                self.db.execute(
+                    "DELETE FROM user_messages WHERE chat = ? AND after_seq < ?",
+                    (row.id, first - 1),
+                )
+                row.first_seq = first
+            self.db.execute(
+                "UPDATE chats SET updated_at = ?, first_seq = ?, last_seq = ?,"
+                " workspace_scope = ?, goal_state = ?, title = ?, preview = ?"
+                " WHERE id = ?",
+                (
+                    row.updated_at,
+                    row.first_seq,
+                    row.last_seq,
+                    _dump(row.workspace_scope),
+                    _dump(row.goal_state),
+                    row.title,
+                    row.preview,
+                    row.id,
+                ),
+            )
 
 
 def _dump(value: Any) -> str | None:

@@ -1,351 +1,479 @@
-"""One accepted WebSocket connection: reader, writer, heartbeat and watchdog.
+"""One accepted WebSocket connection on wsproto: one reader, one writer.
 
-The four tasks share one nursery owned by :func:`run_connection`; whichever
-ends the connection (the client closing, a ping timeout, a stalled or
-overflowing send queue, server shutdown) cancels the others, and the close
-code is sent exactly once on the way out. Subscriptions are dropped in a
-``finally``, so every way a connection ends cleans up the hub.
+The connection's own task reads the socket, feeds ``wsproto`` and hands each
+message to the protocol core (:class:`~trio_channel.core.session.ClientSession`)
+and, for what needs I/O, to the channel's :class:`Backend`. Everything this
+connection sends goes through one queue and one writer task: events from the
+dispatcher, replies, pongs, pings and the close frame, so a close frame never
+lands inside another frame. The writer exists only while there is something
+to send or a chat to catch up, so an idle connection is one task.
+
+Closing (:meth:`WsConnection.close`) is a decision, not a cancellation: the
+close frame joins the queue behind what the writer is sending, and the whole
+connection gets a deadline. A client that stalled and reads again within it
+receives whole frames and then the close frame; one that never reads again
+is dropped at the deadline. Keepalive and stall timers live in the server's
+one :class:`~.timekeeper.Timekeeper`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from ..core.events import Error, InboundMessage, ServerEvent, encode_event
-from ..core.protocol import ChatMessage
-from ..core.session import ClientSession, Effects, NeedsMedia, Replay
-from ..media.ingress import MediaRejected, check_media, discard_media, save_media
-from ..metrics import ChannelMetrics, payload_bytes
-from ..store.sqlite import SessionStore
-from .frames import abort, close_frame, send_framed, text_frame
-from .outbox import Outbox
+from ..batchqueue import BatchQueue
+from ..core.delivery import catch_up_page
+from ..core.events import InboundMessage, ServerEvent, WebuiResponse, encode_event
+from ..core.hub import ChatHub
+from ..core.protocol import ChatMessage, Request, WebuiRequest
+from ..core.session import ChatLog, ClientSession, Effects, NeedsMedia
+from ..metrics import ChannelMetrics
+from ..store.base import EventPage, StoreError
+from .frames import text_frame
+from .timekeeper import Timekeeper
+
+__all__ = [
+    "AgentGone",
+    "Backend",
+    "ConnectionLimits",
+    "WsConnection",
+]
 
 log = logging.getLogger("trio_channel.connection")
 
+NORMAL = 1000
 GOING_AWAY = 1001
-INTERNAL_ERROR = 1011
 MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
-#: How long the closing handshake may take once we decided to close.
-CLOSE_TIMEOUT_S = 5.0
-#: Events read from the store per replay step.
-REPLAY_BATCH = 256
-HISTORY_TRUNCATED = "history_truncated"
+RECEIVE_BYTES: Final = 64 * 1024
+#: The most one ``send_all`` carries, so a slow but reading client makes
+#: progress the stall timer can see.
+SEND_CHUNK_BYTES: Final = 256 * 1024
+#: How long a close frame may take to reach a peer that stopped answering.
+DEAD_PEER_CLOSE_S: Final = 1.0
+#: Pause before a catch-up read is tried again after a store error.
+CATCH_UP_RETRY_S: Final = 0.5
+#: Replies queued past the send queue's size, at most, before the client is
+#: deemed not to read at all (it keeps sending requests but takes nothing).
+REPLY_SLACK: Final = 256
 
 
-def frame(event: ServerEvent) -> bytes:
-    return text_frame(encode_event(event))
+class AgentGone(Exception):
+    """The agent no longer takes messages: the connection closes (1011)."""
 
 
-@attrs.define
+class Backend(Protocol):
+    """What a connection needs of the channel beyond its socket."""
+
+    hub: ChatHub[WsConnection]
+    metrics: ChannelMetrics
+
+    async def load_chat(self, chat_id: str, *, fresh: bool) -> ChatLog: ...
+
+    async def save_media(
+        self, session: ClientSession, request: ChatMessage
+    ) -> Effects: ...
+
+    async def deliver(self, message: InboundMessage) -> None:
+        """Store ``message``, then hand it to the agent.
+
+        Raises ``StoreUnavailable`` (nothing was stored) or :class:`AgentGone`.
+        """
+        ...
+
+    def echo(
+        self, sender: WsConnection, message: InboundMessage, starts_turn: bool
+    ) -> None: ...
+
+    def persist_scope(self, chat_id: str, scope: object) -> None: ...
+
+    async def webui_request(self, request: WebuiRequest) -> WebuiResponse: ...
+
+    async def read_events(
+        self, chat_id: str, after_seq: int, limit: int
+    ) -> EventPage: ...
+
+    async def discard_media(self, paths: Sequence[str]) -> None: ...
+
+
+@attrs.frozen
 class ConnectionLimits:
     max_message_bytes: int
-    ping_interval_s: float
     ping_timeout_s: float
-    slow_consumer_timeout_s: float
-    close_timeout_s: float = CLOSE_TIMEOUT_S
+    close_timeout_s: float
+    send_queue_frames: int
+
+    @property
+    def catch_up_page(self) -> int:
+        """Events read per catch-up step: always fits the send queue twice."""
+        return max(1, min(256, self.send_queue_frames // 2))
 
 
 @attrs.define(eq=False)
-class _CloseState:
-    """Why the connection ends, decided by whichever task ends it first."""
-
-    code: int = GOING_AWAY
-    reason: str = ""
-    decided: bool = False
-    #: True while a ``send_all`` is in flight: cancelling it may leave a
-    #: partial frame, after which a close frame would be garbage.
-    writing: bool = False
-    #: The peer stopped answering: waiting for its closing handshake is
-    #: pointless, so the transport is dropped at once.
+class _Closing:
+    code: int
+    reason: str
+    #: Nobody answers: drop the transport once the close frame is out.
     peer_dead: bool = False
-    #: A keepalive ping is out, waiting for its pong.
-    pinging: bool = False
-    #: Set when the writer task has ended (drained, or the peer went away).
-    writer_done: trio.Event = attrs.field(factory=trio.Event)
-
-    def decide(self, code: int, reason: str, scope: trio.CancelScope) -> None:
-        if not self.decided:
-            self.code, self.reason, self.decided = code, reason, True
-        scope.cancel()
 
 
-async def run_connection(
-    ws: WebSocketConnection,
-    session: ClientSession,
-    outbox: Outbox,
-    *,
-    inbound: trio.MemorySendChannel[InboundMessage],
-    store: SessionStore,
-    limits: ConnectionLimits,
-    media_dir: Path,
-    metrics: ChannelMetrics,
-    keepalive: dict[Outbox, Callable[[], None]],
-) -> int:
-    """Serve ``ws`` until it ends; return the close code we used (or saw).
+@attrs.define(eq=False)
+class WsConnection:
+    stream: trio.abc.Stream
+    ws: Connection
+    session: ClientSession
+    backend: Backend
+    limits: ConnectionLimits
+    timekeeper: Timekeeper
+    outbox: BatchQueue[bytes] = attrs.field(init=False)
+    #: Chats this connection catches up from the store, in turn.
+    catching_up: dict[str, None] = attrs.field(factory=dict, init=False)
+    send_since: float | None = attrs.field(default=None, init=False)
+    ping_sent_at: float | None = attrs.field(default=None, init=False)
+    #: The reader waits on the store or the agent, so it reads no pong.
+    busy: bool = attrs.field(default=False, init=False)
+    closing: _Closing | None = attrs.field(default=None, init=False)
+    #: The close code the connection ended with (ours or the peer's).
+    close_code: int = attrs.field(default=1006, init=False)
+    _writing: bool = attrs.field(default=False, init=False)
+    #: Unparked whenever the writer task ends.
+    _written: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _parts: list[str | bytes] = attrs.field(factory=list, init=False)
+    _size: int = attrs.field(default=0, init=False)
+    _discarding: bool = attrs.field(default=False, init=False)
 
-    Two tasks run for the whole connection (reader and writer). The ping
-    and the slow-consumer watchdog are started only when needed: the server's
-    one keepalive task calls the function this connection registers in
-    ``keepalive``, and the outbox starts the watchdog when it first fills up.
-    """
-    state = _CloseState()
-    outbox.put_many([frame(e) for e in session.start()])
-    try:
-        async with trio.open_nursery() as nursery:
-            scope = nursery.cancel_scope
-            nursery.start_soon(_writer, ws, outbox, state, scope, metrics)
+    def __attrs_post_init__(self) -> None:
+        self.outbox = BatchQueue(self.limits.send_queue_frames)
 
-            def ping_now() -> None:
-                if not state.pinging:
-                    state.pinging = True
-                    nursery.start_soon(_ping, ws, limits, state, scope)
+    # --- what the hub calls ------------------------------------------------------
 
-            def start_watchdog() -> None:
-                nursery.start_soon(_watchdog, outbox, limits, state, scope, metrics)
+    def deliver(self, frame: bytes) -> bool:
+        if self.closing is not None:
+            return True  # nothing more goes out; resume covers the rest
+        if not self.outbox.put(frame):
+            return False
+        self._kick()
+        return True
 
-            outbox.on_full = start_watchdog
-            keepalive[outbox] = ping_now
-            await _reader(
-                ws, session, outbox, inbound, store, limits, media_dir, state, metrics
-            )
-            # Let the writer finish what it is sending (say, the error that
-            # came before a 1009) so the close frame never follows half a frame.
-            outbox.close()
-            with trio.move_on_after(limits.close_timeout_s):
-                await state.writer_done.wait()
-            state.decide(ws.closed.code if ws.closed else 1000, "", scope)
-    except* Exception:
-        # A bug in our own code: tell the client, then let the server log it.
-        state.code, state.reason = INTERNAL_ERROR, "internal error"
-        raise
-    finally:
-        keepalive.pop(outbox, None)
-        session.close()
-        outbox.close()
-        with trio.CancelScope(shield=True), trio.move_on_after(limits.close_timeout_s):
-            await _close(ws, state)
-    return state.code
+    def fell_behind(self, chat_id: str) -> None:
+        self.catching_up[chat_id] = None
+        self.backend.metrics.caught_up()
+        self._kick()
 
+    # --- what the timekeeper calls -----------------------------------------------
 
-async def _close(ws: WebSocketConnection, state: _CloseState) -> None:
-    if ws.closed is not None:
-        return
-    if state.peer_dead and not state.writing:
-        # Nobody answers: say why in a close frame, but do not wait for a
-        # closing handshake that will not come.
-        with trio.move_on_after(1):
-            await send_framed(ws, close_frame(state.code, state.reason))
-    if state.writing or state.peer_dead:
-        # A frame may be half-written, or nobody is listening: drop TCP.
-        await abort(ws)
-        return
-    await ws.aclose(state.code, state.reason or None)
+    def ping(self, now: float) -> None:
+        if self.closing is None and self.ping_sent_at is None and not self.busy:
+            self.ping_sent_at = now
+            self._send_raw(self.ws.send(Ping(b"tc")))
 
-
-async def _reader(
-    ws: WebSocketConnection,
-    session: ClientSession,
-    outbox: Outbox,
-    inbound: trio.MemorySendChannel[InboundMessage],
-    store: SessionStore,
-    limits: ConnectionLimits,
-    media_dir: Path,
-    state: _CloseState,
-    metrics: ChannelMetrics,
-) -> None:
-    max_bytes = limits.max_message_bytes
-    while True:
-        try:
-            message = await ws.get_message()
-        except ConnectionClosed:
+    def check_pong(self, now: float) -> None:
+        sent = self.ping_sent_at
+        if self.busy or self.closing is not None or sent is None:
             return
-        metrics.frame_in(payload_bytes(message))
-        if isinstance(message, bytes):
-            try:
-                text = message.decode("utf-8")
-            except UnicodeDecodeError:
-                log.info("ignoring a binary frame that is not UTF-8")
-                continue
-        else:
-            text = message
-            # trio-websocket bounds characters; the contract bounds bytes.
-            if len(text) * 4 > max_bytes and len(text.encode()) > max_bytes:
-                state.code, state.reason, state.decided = (
-                    MESSAGE_TOO_BIG,
-                    "message too big",
-                    True,
-                )
-                return
-        effects = session.on_frame(text, trio.current_time())
-        if isinstance(effects, NeedsMedia):
-            effects = await _with_media(session, effects.request, media_dir)
-        outbox.put_many([frame(e) for e in effects.replies])
-        if effects.replay is not None:
-            await _replay(store, outbox, effects.replay)
-        if effects.deliver is not None and not await _deliver(
-            inbound, store, effects.deliver
-        ):
-            state.code, state.reason, state.decided = (
-                INTERNAL_ERROR,
-                "the agent is not running",
-                True,
-            )
+        if now - sent < self.limits.ping_timeout_s:
             return
-
-
-async def _with_media(
-    session: ClientSession, request: ChatMessage, media_dir: Path
-) -> Effects:
-    """Decode and save attachments off the event loop; never leave files behind."""
-    checked = await trio.to_thread.run_sync(check_media, request.envelope.media)
-    if isinstance(checked, MediaRejected):
-        return session.media_rejected(checked.reason)
-    saved = await save_media(checked, media_dir) if checked else []
-    effects = session.finish_message(request, saved)
-    if effects.deliver is None and saved:
-        await discard_media(saved)
-    return effects
-
-
-async def _replay(store: SessionStore, outbox: Outbox, replay: Replay) -> None:
-    """Send the chat's persisted events after ``after_seq``, then go live.
-
-    Reads in batches and waits for the client to drain between them. The
-    hand-over is gap-free: ``read_events`` returns without a checkpoint after
-    merging the events still in flight, and the cursor goes live in that same
-    step, so the next event the dispatcher publishes is admitted live.
-    """
-    cursor = replay.cursor
-    page = await store.read_events(replay.chat_id, replay.after_seq, REPLAY_BATCH)
-    if page.first_seq > replay.after_seq + 1:
-        outbox.put(
-            frame(
-                Error(
-                    detail=HISTORY_TRUNCATED,
-                    chat_id=replay.chat_id,
-                    first_seq=page.first_seq,
-                )
-            )
+        log.info(
+            "closing %s: no pong within %ss",
+            self.session.client_id,
+            self.limits.ping_timeout_s,
         )
-    while True:
-        for seq, payload in page.events:
-            outbox.put(text_frame(payload))
-            cursor.next_seq = seq + 1
-        if len(page.events) < REPLAY_BATCH:
-            # A since_seq beyond the chat's last seq must not make the cursor
-            # skip the next live events.
-            cursor.next_seq = min(cursor.next_seq, page.last_seq + 1)
-            cursor.live = True
-            break
-        await outbox.wait_for_room()
-        page = await store.read_events(
-            replay.chat_id, cursor.next_seq - 1, REPLAY_BATCH
+        self.close(
+            INTERNAL_ERROR, "keepalive ping timeout", discard=True, peer_dead=True
         )
-    outbox.put_many([frame(e) for e in replay.then])
 
-
-async def _deliver(
-    inbound: trio.MemorySendChannel[InboundMessage],
-    store: SessionStore,
-    message: InboundMessage,
-) -> bool:
-    """Hand ``message`` to the agent; False when the agent stopped receiving."""
-    try:
-        # The user's message joins the chat's history, then goes to the agent.
-        await store.wait_for_room()
-        store.append_user_message(
-            message.chat_id, message.client_id, message.content, message.media
+    def stalled(self, now: float) -> None:
+        if self.closing is not None:
+            return
+        log.info(
+            "closing %s: its socket took no bytes (slow consumer)",
+            self.session.client_id,
         )
+        self.backend.metrics.slow_consumer_closed()
+        self.close(TRY_AGAIN_LATER, "slow consumer", discard=True)
+
+    # --- closing -------------------------------------------------------------------
+
+    def close(
+        self, code: int, reason: str, *, discard: bool = False, peer_dead: bool = False
+    ) -> None:
+        """Decide to close: the close frame follows what is being sent.
+
+        ``discard`` drops what is queued but not yet being sent. The whole
+        connection then has ``close_timeout_s`` (a second for a dead peer)
+        to finish.
+        """
+        if self.closing is not None:
+            return
+        self.closing = _Closing(code, reason, peer_dead)
+        self.close_code = code
+        if discard:
+            self.outbox.take()
+            self.catching_up.clear()
+        if self.ws.state is ConnectionState.OPEN:
+            self.outbox.force(self.ws.send(CloseConnection(code, reason)))
+        self._kick()
+        if self._nursery is not None:
+            grace = DEAD_PEER_CLOSE_S if peer_dead else self.limits.close_timeout_s
+            scope = self._nursery.cancel_scope
+            scope.deadline = min(scope.deadline, trio.current_time() + grace)
+
+    # --- the connection's task -----------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it is closed; the caller closes the stream."""
         try:
-            inbound.send_nowait(message)
-        except trio.WouldBlock:
-            # The agent is behind: wait, and so stop reading this socket.
-            await inbound.send(message)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        log.error("the agent stopped receiving messages; closing the connection")
-        if message.media:
-            await discard_media(message.media)
-        return False
-    except BaseException:
-        if message.media:
-            with trio.CancelScope(shield=True):
-                await discard_media(message.media)
-        raise
-    return True
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.timekeeper.add(self)
+                try:
+                    self.send_events(self.session.start())
+                    await self._read()
+                except Exception:
+                    # A bug of ours: tell the client (1011), then propagate
+                    # so the server logs it.
+                    self.close(INTERNAL_ERROR, "internal error", discard=True)
+                    with trio.move_on_after(DEAD_PEER_CLOSE_S):
+                        while self._writing:
+                            await self._written.park()
+                    raise
+                finally:
+                    self.timekeeper.discard(self)
+                    self.session.close()
+                    self.catching_up.clear()
+                    if self.closing is None:
+                        # The peer is gone without a close frame: nothing
+                        # more can be sent.
+                        nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
 
-
-async def _writer(
-    ws: WebSocketConnection,
-    outbox: Outbox,
-    state: _CloseState,
-    scope: trio.CancelScope,
-    metrics: ChannelMetrics,
-) -> None:
-    try:
+    async def _read(self) -> None:
+        ws = self.ws
         while True:
-            try:
-                data = await outbox.take_all()
-            except trio.EndOfChannel:
+            for event in ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    await self._on_data(event)
+                elif isinstance(event, Ping):
+                    if ws.state is ConnectionState.OPEN:
+                        self._send_raw(ws.send(event.response()))
+                elif isinstance(event, Pong):
+                    self.ping_sent_at = None
+                elif isinstance(event, CloseConnection):
+                    self._on_close(event)
+                    return
+            if self._nursery is not None and self._nursery.cancel_scope.cancel_called:
                 return
-            frames = outbox.last_batch
-            # One scheduler pass lets the dispatcher queue what it has in hand
-            # (say, the rest of a turn), so one send_all carries more frames.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            more = outbox.take_nowait()
-            if more:
-                data += more
-                frames += outbox.last_batch
-            state.writing = True
             try:
-                await send_framed(ws, data)
-            except ConnectionClosed:
-                state.writing = False
-                scope.cancel()
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-            state.writing = False
-            metrics.frames_out(frames, len(data))
-    finally:
-        state.writer_done.set()
+            ws.receive_data(bytes(data) if data else None)
 
+    def _on_close(self, event: CloseConnection) -> None:
+        if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            # The peer closes: what was queued for it is pointless now.
+            self.outbox.take()
+            self.catching_up.clear()
+            self.close_code = event.code
+            self.closing = _Closing(event.code, event.reason or "")
+            self.outbox.force(self.ws.send(event.response()))
+            self._kick()
+            if self._nursery is not None:
+                scope = self._nursery.cancel_scope
+                scope.deadline = min(
+                    scope.deadline, trio.current_time() + self.limits.close_timeout_s
+                )
+        elif self.closing is None:
+            self.close_code = event.code  # 1006: the transport went away
 
-async def _ping(
-    ws: WebSocketConnection,
-    limits: ConnectionLimits,
-    state: _CloseState,
-    scope: trio.CancelScope,
-) -> None:
-    """One keepalive ping; no pong within ``ping_timeout_s`` closes the peer."""
-    try:
-        with trio.move_on_after(limits.ping_timeout_s) as ping_scope:
+    async def _on_data(self, event: TextMessage | BytesMessage) -> None:
+        if self._discarding or self.closing is not None:
+            return
+        chunk = event.data if isinstance(event.data, str) else bytes(event.data)
+        self._parts.append(chunk)
+        if isinstance(chunk, str):
+            self._size += len(chunk) if chunk.isascii() else len(chunk.encode())
+        else:
+            self._size += len(chunk)
+        if self._size > self.limits.max_message_bytes:
+            self._discarding = True
+            self._parts.clear()
+            self.close(MESSAGE_TOO_BIG, "message too big")
+            return
+        if not event.message_finished:
+            return
+        parts, size = self._parts, self._size
+        self._parts, self._size = [], 0
+        self.backend.metrics.frame_in(size)
+        if isinstance(chunk, str):
+            text = "".join(parts)  # type: ignore[arg-type]
+        else:
             try:
-                await ws.ping()
-            except ConnectionClosed:
-                scope.cancel()
+                text = b"".join(parts).decode("utf-8")  # type: ignore[arg-type]
+            except UnicodeDecodeError:
+                log.info("ignoring a binary message that is not UTF-8")
                 return
-    finally:
-        state.pinging = False
-    if ping_scope.cancelled_caught:
-        log.info("closing a connection: no pong within %ss", limits.ping_timeout_s)
-        state.peer_dead = True
-        state.decide(INTERNAL_ERROR, "keepalive ping timeout", scope)
+        await self._on_text(text)
 
+    async def _on_text(self, text: str) -> None:
+        session = self.session
+        request = session.parse(text, trio.current_time())
+        if isinstance(request, list):
+            self.send_events(request)
+            return
+        effects = await self._handle(request)
+        if effects.scope_change is not None:
+            self.backend.persist_scope(*effects.scope_change)
+        self.send_events(effects.replies)
+        if effects.webui is not None:
+            self.send_events([await self.backend.webui_request(effects.webui)])
+        if effects.deliver is not None:
+            await self._deliver(effects.deliver)
 
-async def _watchdog(
-    outbox: Outbox,
-    limits: ConnectionLimits,
-    state: _CloseState,
-    scope: trio.CancelScope,
-    metrics: ChannelMetrics,
-) -> None:
-    await outbox.wait_until_stalled(limits.slow_consumer_timeout_s)
-    log.info("closing a slow consumer (send queue stayed full)")
-    metrics.slow_consumer_closed()
-    state.decide(TRY_AGAIN_LATER, "slow consumer", scope)
+    async def _handle(self, request: Request) -> Effects:
+        session = self.session
+        chat_id = session.chat_to_load(request)
+        log_state = None
+        if chat_id is not None:
+            self.busy = True
+            try:
+                log_state = await self.backend.load_chat(
+                    chat_id, fresh=not isinstance(request, ChatMessage)
+                )
+            finally:
+                self.busy = False
+        effects = session.handle(request, log_state)
+        if isinstance(effects, NeedsMedia):
+            effects = await self.backend.save_media(session, effects.request)
+        return effects
+
+    async def _deliver(self, message: InboundMessage) -> None:
+        from ..store.committer import StoreUnavailable
+
+        self.busy = True
+        try:
+            await self.backend.deliver(message)
+        except StoreUnavailable:
+            await self.backend.discard_media(message.media)
+            self.send_events([self.session.store_unavailable(message)])
+            return
+        except AgentGone:
+            await self.backend.discard_media(message.media)
+            self.close(INTERNAL_ERROR, "the agent is not running")
+            return
+        finally:
+            self.busy = False
+        replies, echo = self.session.delivered(message)
+        self.send_events(replies)
+        self.backend.echo(self, message, echo.starts_turn)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def send_events(self, events: Sequence[ServerEvent]) -> None:
+        """Queue replies to this connection (they are not refused when full)."""
+        for event in events:
+            self._send_raw(text_frame(encode_event(event)))
+
+    def _send_raw(self, data: bytes) -> None:
+        if self.closing is not None:
+            return
+        if len(self.outbox) >= self.limits.send_queue_frames + REPLY_SLACK:
+            self.backend.metrics.slow_consumer_closed()
+            self.close(TRY_AGAIN_LATER, "slow consumer", discard=True)
+            return
+        self.outbox.force(data)
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._write)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                if len(self.outbox):
+                    await self._send(self.outbox.take())
+                elif self.catching_up and self.closing is None:
+                    await self._catch_up()
+                else:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The peer is gone: the reader sees it too; stop both now.
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+        finally:
+            self._writing = False
+            self._written.unpark_all()
+
+    async def _send(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        view = memoryview(data)
+        for start in range(0, len(data), SEND_CHUNK_BYTES):
+            self.send_since = trio.current_time()
+            self.timekeeper.sending(self)
+            try:
+                await self.stream.send_all(view[start : start + SEND_CHUNK_BYTES])
+            finally:
+                self.send_since = None
+        self.backend.metrics.frames_out(len(frames), len(data))
+        closing = self.closing
+        done = closing is not None and (
+            closing.peer_dead or self.ws.state is ConnectionState.CLOSED
+        )
+        if done and not len(self.outbox) and self._nursery is not None:
+            # The close frame is out and nobody will answer (or the peer
+            # already did): drop the transport now.
+            self._nursery.cancel_scope.cancel()
+
+    async def _catch_up(self) -> None:
+        """One page of one chat from the store (round robin between chats)."""
+        hub = self.backend.hub
+        chat_id = next(iter(self.catching_up))
+        del self.catching_up[chat_id]
+        cursor = hub.cursor(self, chat_id)
+        if cursor is None or cursor.live:
+            return
+        if cursor.try_go_live(hub.chat(chat_id).published_seq):
+            self._handed_over(chat_id, cursor.rehydrate)
+            cursor.rehydrate = False
+            return
+        limit = self.limits.catch_up_page
+        try:
+            page = await self.backend.read_events(chat_id, cursor.next_seq - 1, limit)
+        except StoreError as exc:
+            log.warning("catch-up of %s paused: %s", chat_id, exc)
+            self.catching_up[chat_id] = None
+            await trio.sleep(CATCH_UP_RETRY_S)
+            return
+        if hub.cursor(self, chat_id) is not cursor or self.closing is not None:
+            return  # re-attached or closing meanwhile
+        step = catch_up_page(cursor, chat_id, page.first_seq, page.events, limit=limit)
+        if step.notice is not None:
+            self.send_events([step.notice])
+        for payload in step.payloads:
+            self.outbox.force(text_frame(payload))
+        if step.exhausted and cursor.try_go_live(hub.chat(chat_id).published_seq):
+            self._handed_over(chat_id, cursor.rehydrate)
+            cursor.rehydrate = False
+        else:
+            self.catching_up[chat_id] = None
+
+    def _handed_over(self, chat_id: str, with_scope: bool) -> None:
+        """Live again: the chat's current state, computed now (PROTOCOL 4)."""
+        hub = self.backend.hub
+        self.send_events(
+            hub.hydration(chat_id, after_catch_up=True, with_scope=with_scope)
+        )

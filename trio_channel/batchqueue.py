@@ -1,0 +1,92 @@
+"""A bounded queue that is drained in batches: the send queues and the store's.
+
+Producers add items without blocking (:meth:`BatchQueue.put`, False when
+full) or wait for room first (:meth:`BatchQueue.wait_for_room`); the one
+consumer takes everything queued at once (:meth:`BatchQueue.take`). That is
+the shape of both a connection's send queue (the dispatcher must never wait
+on one client; the writer sends all queued frames in one ``send_all``) and
+the store's write queue (group commit: the next batch is whatever queued
+while the last one was written).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+__all__ = ["BatchQueue"]
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False)
+class BatchQueue(Generic[T]):
+    capacity: int = attrs.field(validator=attrs.validators.ge(1))
+    _items: deque[T] = attrs.field(factory=deque, init=False)
+    _consumer: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
+    _producers: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.capacity
+
+    def put(self, item: T) -> bool:
+        """Add ``item``; False (and nothing added) when the queue is full."""
+        if len(self._items) >= self.capacity:
+            return False
+        self.force(item)
+        return True
+
+    def force(self, item: T) -> None:
+        """Add ``item`` even past ``capacity`` (for bounded callers' extras)."""
+        self._items.append(item)
+        if len(self._items) == 1:
+            self._consumer.unpark_all()
+
+    def take(self, limit: int | None = None) -> list[T]:
+        """Every queued item (at most ``limit``), oldest first; never waits."""
+        items = self._items
+        if limit is None or limit >= len(items):
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(limit)]
+        if batch:
+            self._producers.unpark_all()
+        return batch
+
+    def drop(self, items: Iterable[T]) -> None:
+        """Remove these items (by identity) if they are still queued."""
+        unwanted = {id(item) for item in items}
+        kept = [item for item in self._items if id(item) not in unwanted]
+        self._items.clear()
+        self._items.extend(kept)
+        self._producers.unpark_all()
+
+    async def wait_for_items(self) -> None:
+        """Return once something is queued (a checkpoint either way)."""
+        if self._items:
+            await trio.lowlevel.checkpoint()
+        while not self._items:
+            await self._consumer.park()
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue is below ``capacity`` (a checkpoint either way).
+
+        Hot callers test :attr:`full` first and only wait when it is true.
+        """
+        if not self.full:
+            await trio.lowlevel.checkpoint()
+        while self.full:
+            await self._producers.park()

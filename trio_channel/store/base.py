@@ -1,0 +1,229 @@
+"""The session store interface: what every backend (SQLite, memory, Redis) offers.
+
+The store is the chat log's source of truth. Everything above it (the
+dispatcher, the delivery cursors, resume, the HTTP API) talks to this
+``typing.Protocol`` only, and one contract test suite
+(``tests/test_store_contract.py``) runs against every implementation, so a
+backend joins by passing it.
+
+Writes come as ordered batches of operations (:meth:`SessionStore.write`):
+a batch is applied in order and is durable when ``write`` returns (what
+"durable" means per backend is in docs/operations.md). The group committer
+(:mod:`trio_channel.store.committer`) gathers the batches; backends never see
+a single write on its own unless nothing else was queued.
+
+An appended event carries a caller-chosen ``event_id``: appending the same id
+again (a retry after a timeout whose outcome was unknown) returns the first
+``seq`` and stores nothing new. The event's ``payload`` is its JSON without
+``seq``; the store assigns the chat's next ``seq`` and keeps (and returns)
+the payload with ``"seq":N`` added, exactly the bytes clients receive.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+import msgspec
+import trio
+
+__all__ = [
+    "AppendEvent",
+    "AppendUserMessage",
+    "Appended",
+    "ChatMeta",
+    "DeleteChat",
+    "EventPage",
+    "SessionStore",
+    "StoreError",
+    "StoreOp",
+    "StoreResult",
+    "StoredUserMessage",
+    "UpdateChat",
+    "UserMessage",
+    "new_epoch",
+    "with_seq",
+]
+
+#: Titles are cut to this many characters (PROTOCOL 6).
+TITLE_CHARS = 80
+#: Previews likewise.
+PREVIEW_CHARS = 160
+
+
+def new_epoch() -> str:
+    """An opaque, unguessable epoch (PROTOCOL 5)."""
+    return secrets.token_hex(8)
+
+
+def with_seq(payload: bytes, seq: int) -> bytes:
+    """An event's JSON object with ``"seq":N`` added as its last member."""
+    return b'%s,"seq":%d}' % (payload[:-1], seq)
+
+
+class StoreError(Exception):
+    """A write or read the store could not do.
+
+    ``transient`` errors (a locked database, a dropped connection) are
+    worth retrying at once; the others (disk full, read-only, corrupt) put
+    the channel in the degraded state until a retry succeeds.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@attrs.frozen
+class ChatMeta:
+    """What the store knows about one chat (not its log)."""
+
+    chat_id: str
+    #: Changes whenever the chat's log starts again (PROTOCOL 5).
+    epoch: str
+    created_at: float
+    updated_at: float
+    #: The oldest ``seq`` still kept (``last_seq + 1`` when none is).
+    first_seq: int = 1
+    #: The newest ``seq`` (0: no event yet).
+    last_seq: int = 0
+    workspace_scope: Any = None
+    goal_state: dict[str, Any] | None = None
+    title: str | None = None
+    preview: str | None = None
+
+
+@attrs.frozen
+class EventPage:
+    """Stored events of one chat after some ``seq``, in order."""
+
+    first_seq: int
+    #: ``(seq, payload)``; the payload is the event's JSON as clients get it.
+    events: list[tuple[int, bytes]]
+    #: The chat's newest ``seq`` when the page was read.
+    last_seq: int = 0
+    epoch: str | None = None
+
+
+@attrs.frozen
+class UserMessage:
+    """A user's message as the history keeps it (no ``seq``: not replayed)."""
+
+    chat_id: str
+    #: The chat's ``last_seq`` when it was stored: it sits after that event.
+    after_seq: int
+    #: Unix seconds.
+    at: float
+    client_id: str
+    content: str
+    media: tuple[str, ...] = ()
+    turn_id: str | None = None
+
+
+# --- operations ----------------------------------------------------------
+
+
+@attrs.frozen
+class AppendEvent:
+    chat_id: str
+    event_id: str
+    #: The event's JSON without ``seq``.
+    payload: bytes
+    #: Unix seconds: the chat's ``updated_at``.
+    at: float
+    #: The text of a ``message`` event: the chat's preview until it has one.
+    text: str | None = None
+
+
+@attrs.frozen
+class AppendUserMessage:
+    chat_id: str
+    at: float
+    client_id: str
+    content: str
+    media: tuple[str, ...] = ()
+    turn_id: str | None = None
+
+
+@attrs.frozen
+class UpdateChat:
+    """Create a chat if it is new, and change what is given (UNSET: keep)."""
+
+    chat_id: str
+    at: float
+    workspace_scope: Any = msgspec.UNSET
+    goal_state: Any = msgspec.UNSET
+    title: Any = msgspec.UNSET
+
+
+@attrs.frozen
+class DeleteChat:
+    """Forget a chat's log and state; it comes back with a new epoch."""
+
+    chat_id: str
+
+
+StoreOp = AppendEvent | AppendUserMessage | UpdateChat | DeleteChat
+
+
+@attrs.frozen
+class Appended:
+    seq: int
+    epoch: str
+    #: The stored payload, with ``seq``.
+    payload: bytes
+
+
+@attrs.frozen
+class StoredUserMessage:
+    after_seq: int
+    epoch: str
+
+
+#: One result per operation: :class:`Appended`, :class:`StoredUserMessage`,
+#: the chat's :class:`ChatMeta` for :class:`UpdateChat`, and for
+#: :class:`DeleteChat` whether there was a chat to delete.
+StoreResult = Appended | StoredUserMessage | ChatMeta | bool
+
+
+class SessionStore(Protocol):
+    """A chat log backend. See the module docstring for the contract."""
+
+    #: For logs and the start-up line: ``sqlite /path``, ``memory``, ...
+    description: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Open the store, report readiness, then serve until cancelled.
+
+        Raises :class:`StoreError` (before ``started``) when the store cannot
+        be opened at all; the daemon then names it and exits 2.
+        """
+        ...
+
+    async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
+        """Apply ``ops`` in order, all or nothing; durable on return.
+
+        Raises :class:`StoreError`; then none of the batch is applied, and
+        retrying the same batch is safe (event ids make appends idempotent).
+        """
+        ...
+
+    async def read_events(self, chat_id: str, after_seq: int, limit: int) -> EventPage:
+        """Up to ``limit`` stored events with ``seq > after_seq``."""
+        ...
+
+    async def chat(self, chat_id: str) -> ChatMeta | None:
+        """The chat's metadata, or None when it has none (never created or deleted)."""
+        ...
+
+    async def chats(self, limit: int) -> list[ChatMeta]:
+        """Up to ``limit`` chats, most recently updated first."""
+        ...
+
+    async def user_messages(
+        self, chat_id: str, since_seq: int = 0, limit: int = 10_000
+    ) -> list[UserMessage]:
+        """Up to ``limit`` user messages, ``after_seq >= since_seq``, oldest first."""
+        ...
