@@ -14,7 +14,9 @@ import hmac
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from trio_channel.http.routes import (
     NOT_SATISFIABLE,
     SVG_CSP,
     ByteRange,
+    iso_time,
     parse_range,
     parse_session_key,
     ws_url,
@@ -380,11 +383,77 @@ async def test_sessions_list(app, store):
         "chat_id": "b",
         "created_at": b["created_at"],
         "updated_at": b["updated_at"],
+        "title": "",
+        "preview": "",
         "workspace_scope": {"root": "/w"},
     }
     assert a["run_started_at"] == 123.5
     assert a["workspace_scope"] is None
-    assert isinstance(a["created_at"], float)
+
+
+async def test_session_rows_carry_iso_times_that_date_parse_reads(app, store):
+    """nanobot's UI files chats by ``Date.parse(updated_at)``: Unix floats gave
+    NaN and every chat landed under "Earlier"."""
+    store.append_event("a", event("a", "one"))  # created and updated at 1000
+    store.append_event("a", event("a", "two"))  # updated at 1001
+    meta = store.chat("a")
+    (row,) = (await fetch(app, "/api/sessions", headers=AUTH)).json()["sessions"]
+    iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d")
+    assert iso.fullmatch(row["created_at"]), row
+    assert iso.fullmatch(row["updated_at"]), row
+    created = datetime.fromisoformat(row["created_at"]).timestamp()
+    updated = datetime.fromisoformat(row["updated_at"]).timestamp()
+    assert (created, updated) == (meta.created_at, meta.updated_at) == (1000, 1001)
+
+
+@pytest.mark.parametrize(
+    ("title", "preview", "row_title", "row_preview"),
+    [
+        (None, None, "", ""),
+        (None, "hello there", "hello there", "hello there"),
+        (None, "  two\n\nlines\t here ", "two lines here", "two lines here"),
+        (None, "x" * 200, "x" * 79 + "…", "x" * 119 + "…"),
+        ("Named", "first message", "Named", "first message"),
+        ("   ", "first message", "first message", "first message"),
+    ],
+)
+async def test_session_rows_carry_title_and_preview(
+    app, store, title, preview, row_title, row_preview
+):
+    store.append_event("a", event("a", "reply"))
+    meta = store.chat("a")
+    meta.title, meta.preview = title, preview
+    (row,) = (await fetch(app, "/api/sessions", headers=AUTH)).json()["sessions"]
+    assert (row["title"], row["preview"]) == (row_title, row_preview)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "tz", "text"),
+    [
+        (0.0, UTC, "1970-01-01T00:00:00.000000+00:00"),
+        (
+            1780391678.123456,
+            timezone(timedelta(hours=8)),
+            "2026-06-02T17:14:38.123456+08:00",
+        ),
+        (
+            1780391678.5,
+            timezone(timedelta(hours=-5)),
+            "2026-06-02T04:14:38.500000-05:00",
+        ),
+        (1e20, UTC, None),
+        (float("nan"), UTC, None),
+    ],
+)
+def test_iso_time(seconds, tz, text):
+    assert iso_time(seconds, tz) == text
+
+
+def test_iso_time_defaults_to_the_local_zone_with_its_offset():
+    text = iso_time(1780391678.25)
+    assert text is not None
+    assert datetime.fromisoformat(text).timestamp() == 1780391678.25
+    assert datetime.fromisoformat(text).utcoffset() is not None
 
 
 async def _history(app: HttpApp, key: str, query: str = "", **kw: Any) -> Reply:

@@ -22,6 +22,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, tzinfo
 from typing import Final
 from urllib.parse import unquote
 
@@ -298,17 +299,63 @@ def parse_since_seq(query: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
+#: nanobot's session list cuts previews to 120 characters; PROTOCOL 6 cuts
+#: a title taken from the first user message to 80.
+PREVIEW_CHARS: Final = 120
+TITLE_CHARS: Final = 80
+
+
+def iso_time(seconds: float, tz: tzinfo | None = None) -> str | None:
+    """Unix seconds as nanobot's session list sends them, with the offset.
+
+    The reference sends ``datetime.isoformat()`` of local wall-clock time
+    (``2026-06-02T17:14:38.123456``), which nanobot's web UI reads with
+    ``Date.parse``. We send the same text plus the UTC offset
+    (``...38.123456+08:00``), always to the microsecond: a browser in
+    another time zone than the daemon then files the chat under the right
+    day, and ``Date.parse`` reads both forms. ``tz`` None: the daemon's
+    local zone. None for a time no ``datetime`` can hold.
+    """
+    try:
+        when = datetime.fromtimestamp(seconds, tz)
+    except (OverflowError, OSError, ValueError):
+        return None
+    if tz is None:
+        when = when.astimezone()
+    return when.isoformat(timespec="microseconds")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` on one line (runs of white space become one space), at most
+    ``limit`` characters, the last one ``…`` when it was cut."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
 def sessions_body(
-    chats: Iterable[ChatMeta], running_since: Callable[[str], float | None]
+    chats: Iterable[ChatMeta],
+    running_since: Callable[[str], float | None],
+    tz: tzinfo | None = None,
 ) -> bytes:
-    """``{"sessions": [...]}``; ``run_started_at`` only while a turn runs."""
+    """``{"sessions": [...]}``, PROTOCOL 6; ``run_started_at`` only while a
+    turn runs.
+
+    ``title`` is the chat's title once it has one, else its preview cut to
+    80 characters (the first user message, for every chat that has one);
+    ``preview`` is the chat's preview cut to 120. Both are ``""`` when the
+    chat has no text yet (nanobot's UI then shows "New chat").
+    """
     sessions = []
     for meta in chats:
+        preview = meta.preview or ""
+        title = meta.title.strip() if meta.title else ""
         item: dict[str, object] = {
             "key": session_key(meta.chat_id),
             "chat_id": meta.chat_id,
-            "created_at": meta.created_at,
-            "updated_at": meta.updated_at,
+            "created_at": iso_time(meta.created_at, tz),
+            "updated_at": iso_time(meta.updated_at, tz),
+            "title": title or clip(preview, TITLE_CHARS),
+            "preview": clip(preview, PREVIEW_CHARS),
             "workspace_scope": meta.workspace_scope,
         }
         started = running_since(meta.chat_id)

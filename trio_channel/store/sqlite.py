@@ -90,6 +90,11 @@ class ChatMeta:
     first_seq: int = 1
     last_seq: int = 0
     deleted: bool = False
+    #: The title the chat was given; None until one is set.
+    title: str | None = None
+    #: The first user message text, else the first reply text; None while
+    #: the chat has neither.
+    preview: str | None = None
 
 
 @attrs.frozen
