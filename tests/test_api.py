@@ -200,8 +200,16 @@ async def test_bootstrap_from_loopback_without_a_secret(make_app, path, peer):
     reply = await fetch(app, path, peer=peer)
     assert reply.status == 200
     body = reply.json()
-    assert set(body) == {"token", "ws_path", "ws_url", "expires_in", "model_name"}
+    assert set(body) == {
+        "token",
+        "api_token",
+        "ws_path",
+        "ws_url",
+        "expires_in",
+        "model_name",
+    }
     assert body["token"].startswith("nbwt_")
+    assert body["api_token"] == body["token"]
     assert body["ws_path"] == "/ws"
     assert body["ws_url"] == "ws://testserver:8765/ws"
     assert body["expires_in"] == TTL

@@ -253,9 +253,17 @@ def ws_url(cfg: ChannelConfig, headers: Mapping[str, str]) -> str:
 def bootstrap_body(
     cfg: ChannelConfig, headers: Mapping[str, str], token: str, model_name: str | None
 ) -> bytes:
+    """The bootstrap answer (PROTOCOL 6).
+
+    ``api_token`` is ``token`` again: the seed's nanobot UI sends ``token``
+    as its API Bearer, today's sends ``api_token`` (and opens the WebSocket
+    with ``token``); one token does both, opening one WebSocket and staying
+    an API token until it expires.
+    """
     return _json.encode(
         {
             "token": token,
+            "api_token": token,
             "ws_path": cfg.path,
             "ws_url": ws_url(cfg, headers),
             "expires_in": cfg.token_ttl_s,
