@@ -550,6 +550,126 @@ async def test_messages_of_a_chat_with_no_events(app, store):
     }
 
 
+# --- webui-thread ---------------------------------------------------------------
+
+
+def agent(chat_id: str, event_type: str, **fields: Any) -> Callable[[int], bytes]:
+    def encode(seq: int) -> bytes:
+        payload = {"event": event_type, "chat_id": chat_id, **fields, "seq": seq}
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    return encode
+
+
+async def _thread(app: HttpApp, key: str, query: str = "", **kw: Any) -> Reply:
+    target = f"/api/sessions/{key}/webui-thread{query}"
+    return await fetch(app, target, headers=AUTH, **kw)
+
+
+async def test_webui_thread_restores_the_chat_as_nanobots_ui_shows_it(
+    app, store, media_root
+):
+    photo = media_root / "p.png"
+    photo.write_bytes(b"png")
+    store.update_chat("c", workspace_scope={"project_path": "/w"})
+    store.append_user_message("c", "webui-1", "what is this?", (str(photo),))
+    store.append_event("c", agent("c", "reasoning_delta", text="Looking."))
+    store.append_event("c", agent("c", "reasoning_end"))
+    for word in ("It ", "is ", "a dot."):
+        store.append_event("c", agent("c", "delta", text=word, stream_id="s"))
+    store.append_event("c", agent("c", "stream_end", stream_id="s"))
+    store.append_event("c", agent("c", "turn_end", latency_ms=420))
+    store.append_user_message("c", "webui-1", "thanks", ())
+    reply = await _thread(app, "websocket%3Ac")
+    assert reply.status == 200
+    assert reply.headers["cache-control"] == "no-store"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    body = reply.json()
+    url = app.signer.url_for(photo)
+    first, answer, last = body["messages"]
+    assert body == {
+        "schemaVersion": 3,
+        "sessionKey": "websocket:c",
+        "messages": [first, answer, last],
+        "workspace_scope": {"project_path": "/w"},
+        "completed_turn_ids": [],
+        "has_pending_tool_calls": False,
+    }
+    assert first == {
+        "id": "user-0-0",
+        "role": "user",
+        "content": "what is this?",
+        "createdAt": first["createdAt"],
+        "media": [{"kind": "image", "name": "p.png", "url": url}],
+        "images": [{"url": url, "name": "p.png"}],
+    }
+    assert first["createdAt"] == int(1000 * (await store.user_messages("c"))[0].at)
+    assert answer == {
+        "id": "agent-1",
+        "role": "assistant",
+        "content": "It is a dot.",
+        "reasoning": "Looking.",
+        "latencyMs": 420,
+        "createdAt": first["createdAt"] + 420,
+    }
+    assert (last["id"], last["content"]) == ("user-7-0", "thanks")
+    # The signed URL serves the attachment.
+    assert (await fetch(app, url)).body == b"png"
+    # Today's UI asks for the latest 80; it gets everything and no "page".
+    paged = await _thread(app, "c", "?limit=80&direction=latest")
+    assert paged.json() == body
+
+
+async def test_webui_thread_says_when_a_turn_is_running(app, store):
+    store.append_user_message("c", "u", "go", ())
+    store.append_event("c", agent("c", "delta", text="work"))
+    app.hub.chat("c").running_since = 5.0
+    body = (await _thread(app, "c")).json()
+    assert body["has_pending_tool_calls"] is True
+    assert [m["content"] for m in body["messages"]] == ["go", "work"]
+
+
+async def test_webui_thread_of_a_chat_with_only_a_question(app, store):
+    store.append_user_message("c", "u", "anyone?", ())
+    messages = (await _thread(app, "c")).json()["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [("user", "anyone?")]
+
+
+async def test_webui_thread_reads_long_histories_in_pages(app, store):
+    count = HISTORY_PAGE * 2 + 7
+    store.append_user_message("long", "u", "stream", ())
+    for i in range(count):
+        store.append_event("long", agent("long", "delta", text=f"{i} "))
+    store.append_event("long", agent("long", "stream_end"))
+    messages = (await _thread(app, "long")).json()["messages"]
+    assert [m["content"] for m in messages] == [
+        "stream",
+        "".join(f"{i} " for i in range(count)),
+    ]
+
+
+async def test_webui_thread_not_found(app, store):
+    store.update_chat("quiet")  # a chat, but nothing said in it
+    reply = await _thread(app, "quiet")
+    assert (reply.status, reply.body) == (404, b"webui thread not found")
+    unknown = await _thread(app, "nope")
+    assert (unknown.status, unknown.body) == (404, b"session not found")
+    bad = await _thread(app, "..%2Fx")
+    assert (bad.status, bad.body) == (400, b"invalid session key")
+    store.append_event("gone", agent("gone", "message", text="x"))
+    assert (await _thread(app, "gone")).status == 200
+    await store.delete_chat("gone")
+    assert (await _thread(app, "gone")).status == 404
+
+
+async def test_webui_thread_needs_an_api_token_and_get(app, store):
+    store.append_event("c", agent("c", "message", text="x"))
+    reply = await fetch(app, "/api/sessions/c/webui-thread")
+    assert (reply.status, reply.body) == (401, b"Unauthorized")
+    post = await fetch(app, "/api/sessions/c/webui-thread", method="POST", headers=AUTH)
+    assert (post.status, post.headers["allow"]) == (405, "GET")
+
+
 @pytest.mark.parametrize(
     ("method", "target"),
     [("GET", "/api/sessions/{}/delete"), ("DELETE", "/api/sessions/{}")],

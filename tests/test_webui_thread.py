@@ -16,6 +16,7 @@ from hypothesis import given
 from trio_channel.http.webui_thread import (
     SCHEMA_VERSION,
     ThreadUserMessage,
+    WebuiThreadBuilder,
     build_webui_thread,
     media_kind,
 )
@@ -486,14 +487,20 @@ _event_fields = st.fixed_dictionaries(
 @given(
     st.lists(st.tuples(_kinds, _event_fields), max_size=25),
     st.lists(st.tuples(st.integers(0, 26), st.text(max_size=4)), max_size=5),
+    st.integers(0, 25),
 )
 def test_any_history_gives_rows_with_unique_ids(
-    raw: list[tuple[str, dict[str, Any]]], said_at: list[tuple[int, str]]
+    raw: list[tuple[str, dict[str, Any]]], said_at: list[tuple[int, str]], cut: int
 ) -> None:
     events = [ev(seq, kind, **fields) for seq, (kind, fields) in enumerate(raw, 1)]
     users = [said(after, text) for after, text in said_at]
     body = thread(events, users)
     json.dumps(body)  # JSON-ready
+    # Read from the store in pages, it is the same thread.
+    builder = WebuiThreadBuilder(CHAT, users, media_url=sign)
+    builder.feed(events[:cut])
+    builder.feed(events[cut:])
+    assert builder.finish() == body
     ids = [m["id"] for m in body["messages"]]
     assert len(ids) == len(set(ids))
     assert [m["content"] for m in body["messages"] if m["role"] == "user"] == [

@@ -10,7 +10,8 @@ the rest of the front does. The decisions are the pure functions of
   worker thread and sent in pieces (:mod:`trio_channel.responder`), never whole;
 - a chat's history is read from the store in pages of :data:`HISTORY_PAGE`
   events and sent as it is read (chunked), so one request never holds more
-  than a page of events;
+  than a page of events; the ``webui-thread`` answer folds each page as it
+  is read (:mod:`trio_channel.http.webui_thread`);
 - every write must make progress within ``slow_consumer_timeout_s``, or the
   connection is dropped: a client that stops reading cannot hold a task.
 
@@ -50,6 +51,7 @@ from .routes import (
     SESSION_NOT_FOUND,
     TOO_MANY_TOKENS,
     UNAUTHORIZED,
+    WEBUI_THREAD_NOT_FOUND,
     Endpoint,
     HttpResponse,
     Match,
@@ -67,6 +69,7 @@ from .routes import (
     session_key,
     sessions_body,
 )
+from .webui_thread import ThreadUserMessage, WebuiThreadBuilder
 
 #: Events read from the store per step of a history answer.
 HISTORY_PAGE: Final = 1000
@@ -148,6 +151,8 @@ class HttpApp:
             return await out.simple(INVALID_SESSION_KEY)
         if self.store.chat(chat_id) is None:
             return await out.simple(SESSION_NOT_FOUND)
+        if endpoint is Endpoint.SESSION_WEBUI_THREAD:
+            return await self._webui_thread(out, chat_id)
         if endpoint is Endpoint.SESSION_MESSAGES:
             since_seq = parse_since_seq(query)
             if since_seq is None:
@@ -223,6 +228,48 @@ class HttpApp:
                 break
         await out.data(writer.finish())
         await out.end()
+
+    async def _webui_thread(self, out: Responder, chat_id: str) -> None:
+        """The chat as nanobot's web UI restores it after a reload.
+
+        Events are read in pages of :data:`HISTORY_PAGE` and folded as they
+        come (in a worker thread: signing attachments touches the disk), so
+        the raw log is never held whole. Nanobot's ``limit``/``before``
+        paging is not offered: the answer holds the whole kept history and
+        no ``page``, which the UI reads as "nothing older to load".
+        """
+        await self.store.flush()
+        meta = self.store.chat(chat_id)
+        if meta is None:
+            return await out.simple(SESSION_NOT_FOUND)
+        last_seq = meta.last_seq
+        users = [
+            ThreadUserMessage(m.after_seq, m.at, m.client_id, m.content, m.media)
+            for m in await self.store.user_messages(chat_id)
+            if m.after_seq <= last_seq
+        ]
+        builder = WebuiThreadBuilder(
+            chat_id,
+            users,
+            media_url=lambda path: self.signer.url_for(Path(path)),
+            workspace_scope=meta.workspace_scope,
+            created_at=meta.created_at,
+            running=self._running_since(chat_id) is not None,
+        )
+        after, seen = 0, bool(users)
+        while after < last_seq:
+            page = await self.store.read_events(chat_id, after, HISTORY_PAGE)
+            events = [(seq, payload) for seq, payload in page.events if seq <= last_seq]
+            if events:
+                seen = True
+                await trio.to_thread.run_sync(builder.feed, events)
+                after = events[-1][0]
+            if len(events) < HISTORY_PAGE:
+                break
+        if not seen:
+            return await out.simple(WEBUI_THREAD_NOT_FOUND)
+        body = await trio.to_thread.run_sync(lambda: _json.encode(builder.finish()))
+        await out.simple(HttpResponse(200, body, JSON))
 
     # --- files ----------------------------------------------------------------
 

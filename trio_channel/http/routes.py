@@ -12,7 +12,8 @@ socket.
   :func:`api_token_valid`.
 - Parsing: :func:`parse_session_key`, :func:`parse_since_seq`,
   :func:`parse_range`, :func:`page_file_name`.
-- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`,
+- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`
+  (with :func:`iso_time`, :func:`clip`),
   :func:`media_headers`, :func:`page_content_type`.
 """
 
@@ -62,6 +63,7 @@ BOOTSTRAP_LOCALHOST_ONLY = _text(403, "bootstrap is localhost-only")
 INVALID_SESSION_KEY = _text(400, "invalid session key")
 INVALID_SINCE_SEQ = _text(400, "invalid since_seq")
 SESSION_NOT_FOUND = _text(404, "session not found")
+WEBUI_THREAD_NOT_FOUND = _text(404, "webui thread not found")
 MEDIA_NOT_FOUND = _text(404, "not found")
 TOO_MANY_TOKENS = _json_response(429, {"error": "too many outstanding tokens"})
 HEALTHY = _json_response(200, {"status": "ok"})
@@ -78,6 +80,8 @@ class Endpoint(enum.Enum):
     #: ``DELETE /api/sessions/{key}``.
     SESSION = enum.auto()
     SESSION_MESSAGES = enum.auto()
+    #: ``GET /api/sessions/{key}/webui-thread``: nanobot's web UI's history.
+    SESSION_WEBUI_THREAD = enum.auto()
     #: ``GET /api/sessions/{key}/delete``.
     SESSION_DELETE = enum.auto()
     MEDIA = enum.auto()
@@ -97,6 +101,7 @@ ALLOWED_METHODS: Final[Mapping[Endpoint, tuple[str, ...]]] = {
     Endpoint.SESSIONS: _GET,
     Endpoint.SESSION: ("DELETE",),
     Endpoint.SESSION_MESSAGES: _GET,
+    Endpoint.SESSION_WEBUI_THREAD: _GET,
     Endpoint.SESSION_DELETE: _GET,
     Endpoint.MEDIA: _GET_HEAD,
     Endpoint.PAGE: _GET_HEAD,
@@ -147,6 +152,8 @@ def match_route(cfg: ChannelConfig, raw_path: str) -> Match:
                 return Match(Endpoint.SESSION, (key,))
             case ["sessions", key, "messages"]:
                 return Match(Endpoint.SESSION_MESSAGES, (key,))
+            case ["sessions", key, "webui-thread"]:
+                return Match(Endpoint.SESSION_WEBUI_THREAD, (key,))
             case ["sessions", key, "delete"]:
                 return Match(Endpoint.SESSION_DELETE, (key,))
             case ["media", sig, payload]:

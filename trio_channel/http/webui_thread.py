@@ -30,7 +30,8 @@ here is pure: plain data in, a JSON-ready dict out; the one outside call,
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -79,25 +80,75 @@ def build_webui_thread(
     ``events`` are ``(seq, payload)`` in ``seq`` order, each payload the
     event's JSON as clients received it; unknown types and undecodable
     payloads are skipped. ``user_messages`` may come in any order of
-    ``after_seq`` (ties keep their order). ``created_at`` (Unix seconds)
-    dates replies that no user message precedes; ``running`` says a turn is
-    still under way (``has_pending_tool_calls``, which today's UI reads to
-    keep its "working" state across a reload).
+    ``after_seq`` (ties keep their order); ``media_url`` signs their
+    attachment paths (None: cannot). ``created_at`` (Unix seconds) dates
+    replies that no user message precedes; ``running`` says a turn is still
+    under way (``has_pending_tool_calls``, which today's UI reads to keep
+    its "working" state across a reload).
     """
-    fold = _Fold(anchor_ms=_ms(created_at))
-    for item in _merge(events, user_messages):
-        if isinstance(item, ThreadUserMessage):
-            fold.user(item, media_url)
-        else:
-            fold.event(*item)
-    return {
-        "schemaVersion": SCHEMA_VERSION,
-        "sessionKey": SESSION_KEY_PREFIX + chat_id,
-        "messages": fold.rows(),
-        "workspace_scope": workspace_scope,
-        "completed_turn_ids": fold.completed_turn_ids,
-        "has_pending_tool_calls": running,
-    }
+    builder = WebuiThreadBuilder(
+        chat_id,
+        user_messages,
+        media_url=media_url,
+        workspace_scope=workspace_scope,
+        created_at=created_at,
+        running=running,
+    )
+    builder.feed(events)
+    return builder.finish()
+
+
+class WebuiThreadBuilder:
+    """:func:`build_webui_thread` one page of events at a time.
+
+    What it holds grows with the rows it will answer, not with the events it
+    was fed, so a long history can be read from the store in pages.
+    """
+
+    def __init__(
+        self,
+        chat_id: str,
+        user_messages: Iterable[ThreadUserMessage],
+        *,
+        media_url: Callable[[str], str | None],
+        workspace_scope: Any = None,
+        created_at: float = 0.0,
+        running: bool = False,
+    ) -> None:
+        self._head = {
+            "schemaVersion": SCHEMA_VERSION,
+            "sessionKey": SESSION_KEY_PREFIX + chat_id,
+        }
+        self._tail = {"workspace_scope": workspace_scope}
+        self._running = running
+        self._users = deque(sorted(user_messages, key=lambda m: m.after_seq))
+        self._media_url = media_url
+        self._fold = _Fold(anchor_ms=_ms(created_at))
+
+    def feed(self, events: Iterable[tuple[int, bytes]]) -> None:
+        """More events, in ``seq`` order, after those fed before."""
+        for seq, payload in events:
+            # A user message with after_seq = s sits after event s.
+            while self._users and self._users[0].after_seq < seq:
+                self._fold.user(self._users.popleft(), self._media_url)
+            try:
+                event = _decode.decode(payload)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                self._fold.event(seq, event)
+
+    def finish(self) -> dict[str, Any]:
+        """The payload; the user messages after the last event come last."""
+        while self._users:
+            self._fold.user(self._users.popleft(), self._media_url)
+        return {
+            **self._head,
+            "messages": self._fold.rows(),
+            **self._tail,
+            "completed_turn_ids": list(self._fold.completed_turn_ids),
+            "has_pending_tool_calls": self._running,
+        }
 
 
 def media_kind(name: str) -> str:
@@ -109,26 +160,6 @@ def media_kind(name: str) -> str:
 
 
 # --- folding -------------------------------------------------------------------
-
-
-def _merge(
-    events: Iterable[tuple[int, bytes]], user_messages: Iterable[ThreadUserMessage]
-) -> Iterator[ThreadUserMessage | tuple[int, dict[str, Any]]]:
-    """Events and user messages in history order; a user message with
-    ``after_seq = s`` comes after event ``s`` and before the next one."""
-    users = sorted(user_messages, key=lambda m: m.after_seq)
-    i = 0
-    for seq, payload in events:
-        while i < len(users) and users[i].after_seq < seq:
-            yield users[i]
-            i += 1
-        try:
-            event = _decode.decode(payload)
-        except msgspec.DecodeError:
-            continue
-        if isinstance(event, dict) and isinstance(event.get("event"), str):
-            yield seq, event
-    yield from users[i:]
 
 
 @attrs.define
