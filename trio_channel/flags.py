@@ -52,6 +52,7 @@ FLAG_FOR_FIELD: Mapping[str, str] = {
     "history_limit": "--history-limit",
     "workspace_dir": "--workspace",
     "webui": "--no-webui",
+    "webui_dir": "--webui-dir",
 }
 
 # Boolean fields that a flag can only turn off: field -> help.
@@ -93,6 +94,12 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
         str,
         "DIR",
         "local images in agent markdown are served from here",
+    ),
+    "webui_dir": (
+        str,
+        "DIR",
+        "serve this web UI build (a directory with index.html, such as "
+        "nanobot's webui/dist) instead of the bundled page",
     ),
 }
 
