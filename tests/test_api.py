@@ -154,8 +154,14 @@ def webui(tmp_path: Path) -> Path:
     (root / ".hidden").write_text("secret")
     (root / "sub").mkdir()
     (root / "sub" / "x.js").write_text("nested")
+    (root / "assets" / "fonts").mkdir(parents=True)
+    (root / "assets" / "index-Ab12.js").write_text("hashed")
+    (root / "assets" / "fonts" / "k-9.woff2").write_bytes(b"wOF2")
     (tmp_path / "outside.js").write_text("outside")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "outdir" / "secret.js").write_text("outside")
     (root / "link.js").symlink_to(tmp_path / "outside.js")
+    (root / "linkdir").symlink_to(tmp_path / "outdir")
     return root
 
 
@@ -967,15 +973,22 @@ INDEX = b"<!doctype html><title>chat</title>"
         ("/webui/other", INDEX, "text/html; charset=utf-8"),
         ("/apiary", INDEX, "text/html; charset=utf-8"),
         ("/ws", INDEX, "text/html; charset=utf-8"),
-        # Never anything outside, hidden, nested or linked.
+        ("/sub/x.js", b"nested", "text/javascript; charset=utf-8"),
+        ("/sub", INDEX, "text/html; charset=utf-8"),
+        ("/sub/", INDEX, "text/html; charset=utf-8"),
+        # Never anything outside, hidden or linked.
         ("/..%2F..%2Foutside.js", INDEX, "text/html; charset=utf-8"),
         ("/%2e%2e", INDEX, "text/html; charset=utf-8"),
+        ("/%2e%2e/outside.js", INDEX, "text/html; charset=utf-8"),
+        ("/sub/../../outside.js", INDEX, "text/html; charset=utf-8"),
         ("/../outside.js", INDEX, "text/html; charset=utf-8"),
         ("/.hidden", INDEX, "text/html; charset=utf-8"),
-        ("/sub", INDEX, "text/html; charset=utf-8"),
-        ("/sub/x.js", INDEX, "text/html; charset=utf-8"),
+        ("/%2ehidden", INDEX, "text/html; charset=utf-8"),
         ("/sub%2Fx.js", INDEX, "text/html; charset=utf-8"),
+        ("/sub%5Cx.js", INDEX, "text/html; charset=utf-8"),
+        ("/app.js%00", INDEX, "text/html; charset=utf-8"),
         ("/link.js", INDEX, "text/html; charset=utf-8"),
+        ("/linkdir/secret.js", INDEX, "text/html; charset=utf-8"),
     ],
 )
 async def test_the_page(make_app, target, body, content_type):
@@ -984,6 +997,47 @@ async def test_the_page(make_app, target, body, content_type):
     assert reply.headers["content-type"] == content_type
     assert reply.headers["x-content-type-options"] == "nosniff"
     assert reply.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "content_type"),
+    [
+        ("/assets/index-Ab12.js", b"hashed", "text/javascript; charset=utf-8"),
+        ("/assets/fonts/k-9.woff2", b"wOF2", "font/woff2"),
+    ],
+)
+async def test_hashed_assets_are_cached_for_good(make_app, target, body, content_type):
+    reply = await fetch(make_app(), target)
+    assert (reply.status, reply.body) == (200, body)
+    assert reply.headers["content-type"] == content_type
+    assert reply.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    head = await fetch(make_app(), target, method="HEAD")
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers["content-length"] == str(len(body))
+    assert head.headers["cache-control"] == reply.headers["cache-control"]
+
+
+async def test_webui_dir_replaces_the_bundled_page(make_app, tmp_path):
+    build = tmp_path / "dist"
+    (build / "assets").mkdir(parents=True)
+    (build / "index.html").write_text("<!doctype html><title>nanobot</title>")
+    (build / "assets" / "index-Zz.js").write_text("nanobot()")
+    (build / "sw.js").write_text("self")
+    bundled = make_app()
+    app = attrs.evolve(bundled, cfg=ChannelConfig(webui_dir=str(build)))
+    for target in ("/", "/chat/1", "/app.js"):  # the bundled page's file is gone
+        reply = await fetch(app, target)
+        assert reply.body == b"<!doctype html><title>nanobot</title>", target
+        assert reply.headers["cache-control"] == "no-cache"
+    assert (await fetch(app, "/assets/index-Zz.js")).body == b"nanobot()"
+    sw = await fetch(app, "/sw.js")
+    assert (sw.body, sw.headers["cache-control"]) == (b"self", "no-cache")
+    api = await fetch(app, "/api/settings", headers=AUTH)
+    assert (api.status, api.body) == (404, b"API route not found")
+    # The page off wins over a webui_dir.
+    off = attrs.evolve(app, webui_dir=None)
+    assert (await fetch(off, "/")).status == 404
 
 
 async def test_the_page_head_and_methods(app):

@@ -47,7 +47,6 @@ from .routes import (
     MEDIA_NOT_FOUND,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
-    PAGE_INDEX,
     SESSION_NOT_FOUND,
     TOO_MANY_TOKENS,
     UNAUTHORIZED,
@@ -61,14 +60,13 @@ from .routes import (
     issue_token,
     match_route,
     media_headers,
-    page_content_type,
-    page_file_name,
     parse_session_key,
     parse_since_seq,
     request_api_token,
     session_key,
     sessions_body,
 )
+from .static import open_static, static_candidates, static_headers
 from .webui_thread import ThreadUserMessage, WebuiThreadBuilder
 
 #: Events read from the store per step of a history answer.
@@ -84,8 +82,9 @@ class HttpApp:
     ``tokens`` is the WebSocket handshake token store, shared with the
     channel: bootstrap tokens go there (spent by one upgrade) and into
     :attr:`api_tokens` (valid for the API until they expire). ``webui_dir``
-    None turns the chat page off; ``metrics_text`` None makes ``/metrics``
-    a 404 (for callers allowed to see it).
+    None turns the chat page off; when it is on, ``cfg.webui_dir`` (a web UI
+    build such as nanobot's) replaces it. ``metrics_text`` None makes
+    ``/metrics`` a 404 (for callers allowed to see it).
     """
 
     cfg: ChannelConfig
@@ -99,6 +98,8 @@ class HttpApp:
 
     def __attrs_post_init__(self) -> None:
         self.api_tokens = IssuedTokenStore(ttl_s=self.cfg.token_ttl_s)
+        if self.webui_dir is not None and self.cfg.webui_dir:
+            self.webui_dir = Path(self.cfg.webui_dir)
 
     async def handle(
         self, stream: trio.abc.Stream, head: RequestHead, peer: Peer
@@ -283,22 +284,15 @@ class HttpApp:
             return await out.simple(MEDIA_NOT_FOUND)
         await send_file(out, opened, media_headers(target.name), ranges=True)
 
-    async def _page(self, out: Responder, root: Path, segment: str) -> None:
-        """A file directly inside ``root``, else its ``index.html``, else 404."""
-        asked = page_file_name(segment) if segment else None
-        for name in (asked, PAGE_INDEX):
-            if name is not None:
-                opened = await trio.to_thread.run_sync(open_regular_file, root / name)
-                if opened is not None:
-                    break
+    async def _page(self, out: Responder, root: Path, path: str) -> None:
+        """The file ``path`` names under ``root``, else ``index.html``, else 404."""
+        for parts in static_candidates(path):
+            opened = await trio.to_thread.run_sync(open_static, root, parts)
+            if opened is not None:
+                break
         else:
             return await out.simple(NOT_FOUND)
-        headers = [
-            ("Content-Type", page_content_type(name)),
-            NOSNIFF,
-            ("Cache-Control", "no-cache"),
-        ]
-        await send_file(out, opened, headers, ranges=False)
+        await send_file(out, opened, static_headers(parts), ranges=False)
 
 
 # --- history shaping (pure) ----------------------------------------------------

@@ -11,10 +11,10 @@ socket.
 - Auth: :func:`bootstrap_refusal`, :func:`request_api_token`,
   :func:`api_token_valid`.
 - Parsing: :func:`parse_session_key`, :func:`parse_since_seq`,
-  :func:`parse_range`, :func:`page_file_name`.
+  :func:`parse_range`.
 - Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`
   (with :func:`iso_time`, :func:`clip`),
-  :func:`media_headers`, :func:`page_content_type`.
+  :func:`media_headers`. The page's files: :mod:`trio_channel.http.static`.
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ class Match:
     """The endpoint a path names, with its raw (still percent-encoded) parts.
 
     ``args`` is ``(key,)`` for the session routes, ``(sig, payload)`` for
-    media, ``(segment,)`` for the page (``""`` unless the path is a single
-    segment such as ``/app.js``), else ``()``.
+    media, ``(path,)`` for the page (the normalized, still percent-encoded
+    path; :mod:`trio_channel.http.static` decides what it names), else
+    ``()``.
     """
 
     endpoint: Endpoint
@@ -160,8 +161,7 @@ def match_route(cfg: ChannelConfig, raw_path: str) -> Match:
                 return Match(Endpoint.MEDIA, (sig, payload))
             case _:
                 return Match(Endpoint.API_NOT_FOUND)
-    segment = path[1:]
-    return Match(Endpoint.PAGE, ("" if "/" in segment else segment,))
+    return Match(Endpoint.PAGE, (path,))
 
 
 def issue_token(
@@ -473,44 +473,3 @@ def media_headers(name: str) -> list[tuple[str, str]]:
     if mime == "image/svg+xml":
         headers.append(("Content-Security-Policy", SVG_CSP))
     return headers
-
-
-# --- the chat page ----------------------------------------------------------
-
-PAGE_INDEX: Final = "index.html"
-#: A file name directly inside the page directory: no separators, no
-#: leading dot (so no ``..`` and no hidden files).
-_PAGE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
-_PAGE_TYPES: Final[Mapping[str, str]] = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".webmanifest": "application/manifest+json",
-    ".txt": "text/plain; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".ico": "image/x-icon",
-    ".woff2": "font/woff2",
-}
-
-
-def page_file_name(segment: str) -> str | None:
-    """The file a single-segment path names in the page directory, if it can.
-
-    ``segment`` is decoded once; a name that is not a plain file name is
-    None, and the caller serves ``index.html`` instead.
-    """
-    name = unquote(segment)
-    return name if _PAGE_NAME_RE.fullmatch(name) else None
-
-
-def page_content_type(name: str) -> str:
-    dot = name.rfind(".")
-    return _PAGE_TYPES.get(name[dot:].lower(), "application/octet-stream")
