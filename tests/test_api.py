@@ -600,6 +600,8 @@ async def test_webui_thread_restores_the_chat_as_nanobots_ui_shows_it(
         "workspace_scope": {"project_path": "/w"},
         "completed_turn_ids": [],
         "has_pending_tool_calls": False,
+        "first_seq": 1,
+        "last_seq": 7,
     }
     assert first == {
         "id": "user-0-0",
@@ -647,10 +649,24 @@ async def test_webui_thread_reads_long_histories_in_pages(app, store):
     for i in range(count):
         store.append_event("long", agent("long", "delta", text=f"{i} "))
     store.append_event("long", agent("long", "stream_end"))
-    messages = (await _thread(app, "long")).json()["messages"]
-    assert [m["content"] for m in messages] == [
+    body = (await _thread(app, "long")).json()
+    assert [m["content"] for m in body["messages"]] == [
         "stream",
         "".join(f"{i} " for i in range(count)),
+    ]
+    assert (body["first_seq"], body["last_seq"]) == (1, count + 1)
+
+
+async def test_webui_thread_of_a_trimmed_history_says_where_it_starts(app, store):
+    store.history_limit = 3
+    store.append_user_message("c", "u", "count", ())
+    for i in range(1, 6):
+        store.append_event("c", agent("c", "delta", text=f"{i} "))
+    await store.flush()
+    body = (await _thread(app, "c")).json()
+    assert (body["first_seq"], body["last_seq"]) == (3, 5)
+    assert [(m["id"], m["content"]) for m in body["messages"]] == [
+        ("agent-3", "3 4 5 ")
     ]
 
 

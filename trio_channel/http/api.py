@@ -231,7 +231,8 @@ class HttpApp:
         await out.end()
 
     async def _webui_thread(self, out: Responder, chat_id: str) -> None:
-        """The chat as nanobot's web UI restores it after a reload.
+        """The chat as nanobot's web UI restores it after a reload, plus
+        **(ext)** ``first_seq`` and ``last_seq``.
 
         Events are read in pages of :data:`HISTORY_PAGE` and folded as they
         come (in a worker thread: signing attachments touches the disk), so
@@ -269,7 +270,15 @@ class HttpApp:
                 break
         if not seen:
             return await out.simple(WEBUI_THREAD_NOT_FOUND)
-        body = await trio.to_thread.run_sync(lambda: _json.encode(builder.finish()))
+
+        def encode() -> bytes:
+            # (ext) Where the rows end in the event log, as in /messages: a
+            # client attaches with since_seq=last_seq and misses nothing.
+            thread = builder.finish()
+            thread["first_seq"], thread["last_seq"] = meta.first_seq, last_seq
+            return _json.encode(thread)
+
+        body = await trio.to_thread.run_sync(encode)
         await out.simple(HttpResponse(200, body, JSON))
 
     # --- files ----------------------------------------------------------------
