@@ -14,7 +14,9 @@ import hmac
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from trio_channel.http.routes import (
     NOT_SATISFIABLE,
     SVG_CSP,
     ByteRange,
+    iso_time,
     parse_range,
     parse_session_key,
     ws_url,
@@ -151,8 +154,14 @@ def webui(tmp_path: Path) -> Path:
     (root / ".hidden").write_text("secret")
     (root / "sub").mkdir()
     (root / "sub" / "x.js").write_text("nested")
+    (root / "assets" / "fonts").mkdir(parents=True)
+    (root / "assets" / "index-Ab12.js").write_text("hashed")
+    (root / "assets" / "fonts" / "k-9.woff2").write_bytes(b"wOF2")
     (tmp_path / "outside.js").write_text("outside")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "outdir" / "secret.js").write_text("outside")
     (root / "link.js").symlink_to(tmp_path / "outside.js")
+    (root / "linkdir").symlink_to(tmp_path / "outdir")
     return root
 
 
@@ -197,8 +206,16 @@ async def test_bootstrap_from_loopback_without_a_secret(make_app, path, peer):
     reply = await fetch(app, path, peer=peer)
     assert reply.status == 200
     body = reply.json()
-    assert set(body) == {"token", "ws_path", "ws_url", "expires_in", "model_name"}
+    assert set(body) == {
+        "token",
+        "api_token",
+        "ws_path",
+        "ws_url",
+        "expires_in",
+        "model_name",
+    }
     assert body["token"].startswith("nbwt_")
+    assert body["api_token"] == body["token"]
     assert body["ws_path"] == "/ws"
     assert body["ws_url"] == "ws://testserver:8765/ws"
     assert body["expires_in"] == TTL
@@ -380,11 +397,77 @@ async def test_sessions_list(app, store):
         "chat_id": "b",
         "created_at": b["created_at"],
         "updated_at": b["updated_at"],
+        "title": "",
+        "preview": "",
         "workspace_scope": {"root": "/w"},
     }
     assert a["run_started_at"] == 123.5
     assert a["workspace_scope"] is None
-    assert isinstance(a["created_at"], float)
+
+
+async def test_session_rows_carry_iso_times_that_date_parse_reads(app, store):
+    """nanobot's UI files chats by ``Date.parse(updated_at)``: Unix floats gave
+    NaN and every chat landed under "Earlier"."""
+    store.append_event("a", event("a", "one"))  # created and updated at 1000
+    store.append_event("a", event("a", "two"))  # updated at 1001
+    meta = store.chat("a")
+    (row,) = (await fetch(app, "/api/sessions", headers=AUTH)).json()["sessions"]
+    iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d")
+    assert iso.fullmatch(row["created_at"]), row
+    assert iso.fullmatch(row["updated_at"]), row
+    created = datetime.fromisoformat(row["created_at"]).timestamp()
+    updated = datetime.fromisoformat(row["updated_at"]).timestamp()
+    assert (created, updated) == (meta.created_at, meta.updated_at) == (1000, 1001)
+
+
+@pytest.mark.parametrize(
+    ("title", "preview", "row_title", "row_preview"),
+    [
+        (None, None, "", ""),
+        (None, "hello there", "hello there", "hello there"),
+        (None, "  two\n\nlines\t here ", "two lines here", "two lines here"),
+        (None, "x" * 200, "x" * 79 + "…", "x" * 119 + "…"),
+        ("Named", "first message", "Named", "first message"),
+        ("   ", "first message", "first message", "first message"),
+    ],
+)
+async def test_session_rows_carry_title_and_preview(
+    app, store, title, preview, row_title, row_preview
+):
+    store.append_event("a", event("a", "reply"))
+    meta = store.chat("a")
+    meta.title, meta.preview = title, preview
+    (row,) = (await fetch(app, "/api/sessions", headers=AUTH)).json()["sessions"]
+    assert (row["title"], row["preview"]) == (row_title, row_preview)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "tz", "text"),
+    [
+        (0.0, UTC, "1970-01-01T00:00:00.000000+00:00"),
+        (
+            1780391678.123456,
+            timezone(timedelta(hours=8)),
+            "2026-06-02T17:14:38.123456+08:00",
+        ),
+        (
+            1780391678.5,
+            timezone(timedelta(hours=-5)),
+            "2026-06-02T04:14:38.500000-05:00",
+        ),
+        (1e20, UTC, None),
+        (float("nan"), UTC, None),
+    ],
+)
+def test_iso_time(seconds, tz, text):
+    assert iso_time(seconds, tz) == text
+
+
+def test_iso_time_defaults_to_the_local_zone_with_its_offset():
+    text = iso_time(1780391678.25)
+    assert text is not None
+    assert datetime.fromisoformat(text).timestamp() == 1780391678.25
+    assert datetime.fromisoformat(text).utcoffset() is not None
 
 
 async def _history(app: HttpApp, key: str, query: str = "", **kw: Any) -> Reply:
@@ -471,6 +554,142 @@ async def test_messages_of_a_chat_with_no_events(app, store):
         "last_seq": 0,
         "events": [],
     }
+
+
+# --- webui-thread ---------------------------------------------------------------
+
+
+def agent(chat_id: str, event_type: str, **fields: Any) -> Callable[[int], bytes]:
+    def encode(seq: int) -> bytes:
+        payload = {"event": event_type, "chat_id": chat_id, **fields, "seq": seq}
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    return encode
+
+
+async def _thread(app: HttpApp, key: str, query: str = "", **kw: Any) -> Reply:
+    target = f"/api/sessions/{key}/webui-thread{query}"
+    return await fetch(app, target, headers=AUTH, **kw)
+
+
+async def test_webui_thread_restores_the_chat_as_nanobots_ui_shows_it(
+    app, store, media_root
+):
+    photo = media_root / "p.png"
+    photo.write_bytes(b"png")
+    store.update_chat("c", workspace_scope={"project_path": "/w"})
+    store.append_user_message("c", "webui-1", "what is this?", (str(photo),))
+    store.append_event("c", agent("c", "reasoning_delta", text="Looking."))
+    store.append_event("c", agent("c", "reasoning_end"))
+    for word in ("It ", "is ", "a dot."):
+        store.append_event("c", agent("c", "delta", text=word, stream_id="s"))
+    store.append_event("c", agent("c", "stream_end", stream_id="s"))
+    store.append_event("c", agent("c", "turn_end", latency_ms=420))
+    store.append_user_message("c", "webui-1", "thanks", ())
+    reply = await _thread(app, "websocket%3Ac")
+    assert reply.status == 200
+    assert reply.headers["cache-control"] == "no-store"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    body = reply.json()
+    url = app.signer.url_for(photo)
+    first, answer, last = body["messages"]
+    assert body == {
+        "schemaVersion": 3,
+        "sessionKey": "websocket:c",
+        "messages": [first, answer, last],
+        "workspace_scope": {"project_path": "/w"},
+        "completed_turn_ids": [],
+        "has_pending_tool_calls": False,
+        "first_seq": 1,
+        "last_seq": 7,
+    }
+    assert first == {
+        "id": "user-0-0",
+        "role": "user",
+        "content": "what is this?",
+        "createdAt": first["createdAt"],
+        "media": [{"kind": "image", "name": "p.png", "url": url}],
+        "images": [{"url": url, "name": "p.png"}],
+    }
+    assert first["createdAt"] == int(1000 * (await store.user_messages("c"))[0].at)
+    assert answer == {
+        "id": "agent-1",
+        "role": "assistant",
+        "content": "It is a dot.",
+        "reasoning": "Looking.",
+        "latencyMs": 420,
+        "createdAt": first["createdAt"] + 420,
+    }
+    assert (last["id"], last["content"]) == ("user-7-0", "thanks")
+    # The signed URL serves the attachment.
+    assert (await fetch(app, url)).body == b"png"
+    # Today's UI asks for the latest 80; it gets everything and no "page".
+    paged = await _thread(app, "c", "?limit=80&direction=latest")
+    assert paged.json() == body
+
+
+async def test_webui_thread_says_when_a_turn_is_running(app, store):
+    store.append_user_message("c", "u", "go", ())
+    store.append_event("c", agent("c", "delta", text="work"))
+    app.hub.chat("c").running_since = 5.0
+    body = (await _thread(app, "c")).json()
+    assert body["has_pending_tool_calls"] is True
+    assert [m["content"] for m in body["messages"]] == ["go", "work"]
+
+
+async def test_webui_thread_of_a_chat_with_only_a_question(app, store):
+    store.append_user_message("c", "u", "anyone?", ())
+    messages = (await _thread(app, "c")).json()["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [("user", "anyone?")]
+
+
+async def test_webui_thread_reads_long_histories_in_pages(app, store):
+    count = HISTORY_PAGE * 2 + 7
+    store.append_user_message("long", "u", "stream", ())
+    for i in range(count):
+        store.append_event("long", agent("long", "delta", text=f"{i} "))
+    store.append_event("long", agent("long", "stream_end"))
+    body = (await _thread(app, "long")).json()
+    assert [m["content"] for m in body["messages"]] == [
+        "stream",
+        "".join(f"{i} " for i in range(count)),
+    ]
+    assert (body["first_seq"], body["last_seq"]) == (1, count + 1)
+
+
+async def test_webui_thread_of_a_trimmed_history_says_where_it_starts(app, store):
+    store.history_limit = 3
+    store.append_user_message("c", "u", "count", ())
+    for i in range(1, 6):
+        store.append_event("c", agent("c", "delta", text=f"{i} "))
+    await store.flush()
+    body = (await _thread(app, "c")).json()
+    assert (body["first_seq"], body["last_seq"]) == (3, 5)
+    assert [(m["id"], m["content"]) for m in body["messages"]] == [
+        ("agent-3", "3 4 5 ")
+    ]
+
+
+async def test_webui_thread_not_found(app, store):
+    store.update_chat("quiet")  # a chat, but nothing said in it
+    reply = await _thread(app, "quiet")
+    assert (reply.status, reply.body) == (404, b"webui thread not found")
+    unknown = await _thread(app, "nope")
+    assert (unknown.status, unknown.body) == (404, b"session not found")
+    bad = await _thread(app, "..%2Fx")
+    assert (bad.status, bad.body) == (400, b"invalid session key")
+    store.append_event("gone", agent("gone", "message", text="x"))
+    assert (await _thread(app, "gone")).status == 200
+    await store.delete_chat("gone")
+    assert (await _thread(app, "gone")).status == 404
+
+
+async def test_webui_thread_needs_an_api_token_and_get(app, store):
+    store.append_event("c", agent("c", "message", text="x"))
+    reply = await fetch(app, "/api/sessions/c/webui-thread")
+    assert (reply.status, reply.body) == (401, b"Unauthorized")
+    post = await fetch(app, "/api/sessions/c/webui-thread", method="POST", headers=AUTH)
+    assert (post.status, post.headers["allow"]) == (405, "GET")
 
 
 @pytest.mark.parametrize(
@@ -770,15 +989,22 @@ INDEX = b"<!doctype html><title>chat</title>"
         ("/webui/other", INDEX, "text/html; charset=utf-8"),
         ("/apiary", INDEX, "text/html; charset=utf-8"),
         ("/ws", INDEX, "text/html; charset=utf-8"),
-        # Never anything outside, hidden, nested or linked.
+        ("/sub/x.js", b"nested", "text/javascript; charset=utf-8"),
+        ("/sub", INDEX, "text/html; charset=utf-8"),
+        ("/sub/", INDEX, "text/html; charset=utf-8"),
+        # Never anything outside, hidden or linked.
         ("/..%2F..%2Foutside.js", INDEX, "text/html; charset=utf-8"),
         ("/%2e%2e", INDEX, "text/html; charset=utf-8"),
+        ("/%2e%2e/outside.js", INDEX, "text/html; charset=utf-8"),
+        ("/sub/../../outside.js", INDEX, "text/html; charset=utf-8"),
         ("/../outside.js", INDEX, "text/html; charset=utf-8"),
         ("/.hidden", INDEX, "text/html; charset=utf-8"),
-        ("/sub", INDEX, "text/html; charset=utf-8"),
-        ("/sub/x.js", INDEX, "text/html; charset=utf-8"),
+        ("/%2ehidden", INDEX, "text/html; charset=utf-8"),
         ("/sub%2Fx.js", INDEX, "text/html; charset=utf-8"),
+        ("/sub%5Cx.js", INDEX, "text/html; charset=utf-8"),
+        ("/app.js%00", INDEX, "text/html; charset=utf-8"),
         ("/link.js", INDEX, "text/html; charset=utf-8"),
+        ("/linkdir/secret.js", INDEX, "text/html; charset=utf-8"),
     ],
 )
 async def test_the_page(make_app, target, body, content_type):
@@ -787,6 +1013,47 @@ async def test_the_page(make_app, target, body, content_type):
     assert reply.headers["content-type"] == content_type
     assert reply.headers["x-content-type-options"] == "nosniff"
     assert reply.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "content_type"),
+    [
+        ("/assets/index-Ab12.js", b"hashed", "text/javascript; charset=utf-8"),
+        ("/assets/fonts/k-9.woff2", b"wOF2", "font/woff2"),
+    ],
+)
+async def test_hashed_assets_are_cached_for_good(make_app, target, body, content_type):
+    reply = await fetch(make_app(), target)
+    assert (reply.status, reply.body) == (200, body)
+    assert reply.headers["content-type"] == content_type
+    assert reply.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    head = await fetch(make_app(), target, method="HEAD")
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers["content-length"] == str(len(body))
+    assert head.headers["cache-control"] == reply.headers["cache-control"]
+
+
+async def test_webui_dir_replaces_the_bundled_page(make_app, tmp_path):
+    build = tmp_path / "dist"
+    (build / "assets").mkdir(parents=True)
+    (build / "index.html").write_text("<!doctype html><title>nanobot</title>")
+    (build / "assets" / "index-Zz.js").write_text("nanobot()")
+    (build / "sw.js").write_text("self")
+    bundled = make_app()
+    app = attrs.evolve(bundled, cfg=ChannelConfig(webui_dir=str(build)))
+    for target in ("/", "/chat/1", "/app.js"):  # the bundled page's file is gone
+        reply = await fetch(app, target)
+        assert reply.body == b"<!doctype html><title>nanobot</title>", target
+        assert reply.headers["cache-control"] == "no-cache"
+    assert (await fetch(app, "/assets/index-Zz.js")).body == b"nanobot()"
+    sw = await fetch(app, "/sw.js")
+    assert (sw.body, sw.headers["cache-control"]) == (b"self", "no-cache")
+    api = await fetch(app, "/api/settings", headers=AUTH)
+    assert (api.status, api.body) == (404, b"API route not found")
+    # The page off wins over a webui_dir.
+    off = attrs.evolve(app, webui_dir=None)
+    assert (await fetch(off, "/")).status == 404
 
 
 async def test_the_page_head_and_methods(app):

@@ -440,3 +440,62 @@ def test_config_roundtrips_through_json() -> None:
     cfg = build(allow_from=["a"])
     again = msgspec.json.decode(msgspec.json.encode(cfg), type=ChannelConfig)
     assert again == cfg
+
+
+# --- webui_dir -------------------------------------------------------------------
+
+
+@pytest.fixture
+def ui_build(tmp_path: Path) -> Path:
+    root = tmp_path / "dist"
+    (root / "assets").mkdir(parents=True)
+    (root / "index.html").write_text("<!doctype html>")
+    return root
+
+
+def test_webui_dir_is_made_absolute(
+    ui_build: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert build().webui_dir == ""
+    assert build(webui_dir=str(ui_build)).webui_dir == str(ui_build)
+    monkeypatch.chdir(ui_build.parent)
+    assert build(webui_dir="dist").webui_dir == str(ui_build)
+    monkeypatch.setenv("HOME", str(ui_build.parent))
+    assert build(webui_dir="~/dist").webui_dir == str(ui_build)
+
+
+def test_webui_dir_must_hold_an_index(ui_build: Path) -> None:
+    (ui_build / "index.html").unlink()
+    err = refused(webui_dir=str(ui_build))
+    assert str(err) == f"webui_dir: no index.html in {ui_build}"
+    (ui_build / "index.html").mkdir()
+    err = refused(webui_dir=str(ui_build))
+    assert str(err) == f"webui_dir: index.html in {ui_build} is not a regular file"
+    (ui_build / "index.html").rmdir()
+    (ui_build / "real.html").write_text("x")
+    (ui_build / "index.html").symlink_to(ui_build / "real.html")
+    err = refused(webui_dir=str(ui_build))
+    assert str(err) == f"webui_dir: index.html in {ui_build} is not a regular file"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "text"),
+    [
+        ({"webui_dir": "/no/such/dir"}, "webui_dir: not a directory: /no/such/dir"),
+        ({"webui_dir": "/a\0b"}, "webui_dir: must not contain NUL"),
+    ],
+)
+def test_webui_dir_refusals(overrides: dict[str, object], text: str) -> None:
+    assert str(refused(**overrides)) == text
+
+
+def test_webui_dir_needs_the_page_on(ui_build: Path) -> None:
+    err = refused(webui_dir=str(ui_build), webui=False)
+    assert str(err) == "webui_dir: set, but webui is off (--no-webui)"
+
+
+def test_webui_dir_loads_from_a_file_in_camel_case(
+    tmp_path: Path, ui_build: Path
+) -> None:
+    path = write(tmp_path, "c.json", json.dumps({"webuiDir": str(ui_build)}))
+    assert build_config(path, environ={}).webui_dir == str(ui_build)

@@ -49,6 +49,7 @@ CASES: list[tuple[list[str], str, object]] = [
     (["--history-limit", "50"], "history_limit", 50),
     (["--workspace", "/srv/ws"], "workspace_dir", "/srv/ws"),
     (["--no-webui"], "webui", False),
+    (["--webui-dir", "/srv/ui"], "webui_dir", "/srv/ui"),
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keyword
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +85,9 @@ class ChannelConfig(
     allowed_origins: tuple[str, ...] = ()
     workspace_dir: str = ""
     webui: bool = True
+    #: A single-page app build (a directory holding ``index.html``, such as
+    #: nanobot's web UI) to serve instead of the bundled page.
+    webui_dir: str = ""
 
 
 #: Every field name, in the snake_case the Struct uses.
@@ -312,11 +316,30 @@ def _check_tls(cfg: ChannelConfig, certfile: str, keyfile: str) -> None:
             raise ConfigError(field, f"no such file: {value}")
 
 
+def _check_webui_dir(cfg: ChannelConfig) -> str:
+    """``webui_dir`` made absolute; it must hold a regular ``index.html``."""
+    webui_dir = os.path.abspath(_expand("webui_dir", cfg.webui_dir))
+    if not cfg.webui:
+        raise ConfigError("webui_dir", "set, but webui is off (--no-webui)")
+    if not Path(webui_dir).is_dir():
+        raise ConfigError("webui_dir", f"not a directory: {webui_dir}")
+    try:
+        index = os.lstat(os.path.join(webui_dir, "index.html"))
+    except OSError:
+        raise ConfigError("webui_dir", f"no index.html in {webui_dir}") from None
+    if not stat.S_ISREG(index.st_mode):
+        raise ConfigError(
+            "webui_dir", f"index.html in {webui_dir} is not a regular file"
+        )
+    return webui_dir
+
+
 def validate_config(cfg: ChannelConfig) -> ChannelConfig:
     """Apply the rules msgspec's per-field bounds cannot express.
 
     Returns a copy with ``~`` expanded in ``unix_socket_path``, ``data_dir``,
-    ``ssl_certfile`` and ``ssl_keyfile`` and ``log_level`` lower-cased, so the
+    ``ssl_certfile``, ``ssl_keyfile`` and ``workspace_dir``, ``webui_dir``
+    made absolute and ``log_level`` lower-cased, so the
     rest of the server never re-interprets them. Raises :class:`ConfigError`
     naming the field for the first rule broken.
     """
@@ -365,9 +388,11 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
         workspace_dir = _expand("workspace_dir", workspace_dir)
         if not Path(workspace_dir).is_dir():
             raise ConfigError("workspace_dir", f"not a directory: {workspace_dir}")
+    webui_dir = _check_webui_dir(cfg) if cfg.webui_dir else ""
     return msgspec.structs.replace(
         cfg,
         workspace_dir=workspace_dir,
+        webui_dir=webui_dir,
         unix_socket_path=unix_socket_path,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,

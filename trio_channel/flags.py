@@ -55,6 +55,7 @@ FLAG_FOR_FIELD: Mapping[str, str] = {
     "allowed_origins": "--allowed-origin",
     "workspace_dir": "--workspace",
     "webui": "--no-webui",
+    "webui_dir": "--webui-dir",
 }
 
 # List fields set by a repeatable flag: field -> (metavar, help).
@@ -111,6 +112,12 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
         str,
         "DIR",
         "local images in agent markdown are served from here",
+    ),
+    "webui_dir": (
+        str,
+        "DIR",
+        "serve this web UI build (a directory with index.html, such as "
+        "nanobot's webui/dist) instead of the bundled page",
     ),
 }
 

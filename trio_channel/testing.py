@@ -83,14 +83,20 @@ class InMemoryServer:
         """Cancel the server only, as SIGTERM does to the daemon."""
         self.serve_scope.cancel()
 
-    async def raw(self, pair: StreamPair = trio.testing.memory_stream_pair) -> trio.abc.Stream:
+    async def raw(
+        self, pair: StreamPair = trio.testing.memory_stream_pair
+    ) -> trio.abc.Stream:
         return await self.listener.connect(pair)
 
     async def connect(self, target: str = "/") -> trio_websocket.WebSocketConnection:
         """A trio-websocket client connection to ``target`` (path and query)."""
         stream = await self.raw()
+        # trio-websocket types its stream narrowly but takes any trio Stream.
         return await trio_websocket.wrap_client_stream(
-            self.nursery, stream, "localhost", target
+            self.nursery,
+            stream,  # type: ignore[arg-type]
+            "localhost",
+            target,
         )
 
     async def http(self, request: bytes) -> tuple[int, bytes]:
@@ -132,7 +138,7 @@ async def serve_in_memory(
         serve_scope = trio.CancelScope()
         stopped = trio.Event()
 
-        async def serve(*, task_status: trio.TaskStatus[None]) -> None:
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
                 with serve_scope:
                     await channel.serve_listeners([listener], task_status=task_status)

@@ -10,7 +10,8 @@ the rest of the front does. The decisions are the pure functions of
   worker thread and sent in pieces (:mod:`trio_channel.responder`), never whole;
 - a chat's history is read from the store in pages of :data:`HISTORY_PAGE`
   events and sent as it is read (chunked), so one request never holds more
-  than a page of events;
+  than a page of events; the ``webui-thread`` answer folds each page as it
+  is read (:mod:`trio_channel.http.webui_thread`);
 - every write must make progress within ``slow_consumer_timeout_s``, or the
   connection is dropped: a client that stops reading cannot hold a task.
 
@@ -46,10 +47,10 @@ from .routes import (
     MEDIA_NOT_FOUND,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
-    PAGE_INDEX,
     SESSION_NOT_FOUND,
     TOO_MANY_TOKENS,
     UNAUTHORIZED,
+    WEBUI_THREAD_NOT_FOUND,
     Endpoint,
     HttpResponse,
     Match,
@@ -60,14 +61,14 @@ from .routes import (
     issue_token,
     match_route,
     media_headers,
-    page_content_type,
-    page_file_name,
     parse_session_key,
     parse_since_seq,
     request_api_token,
     session_key,
     sessions_body,
 )
+from .static import open_static, static_candidates, static_headers
+from .webui_thread import ThreadUserMessage, WebuiThreadBuilder
 
 #: Events read from the store per step of a history answer.
 HISTORY_PAGE: Final = 1000
@@ -84,8 +85,9 @@ class HttpApp:
     ``tokens`` is the WebSocket handshake token store, shared with the
     channel: bootstrap tokens go there (spent by one upgrade) and into
     :attr:`api_tokens` (valid for the API until they expire). ``webui_dir``
-    None turns the chat page off; ``metrics_text`` None makes ``/metrics``
-    a 404 (for callers allowed to see it).
+    None turns the chat page off; when it is on, ``cfg.webui_dir`` (a web UI
+    build such as nanobot's) replaces it. ``metrics_text`` None makes
+    ``/metrics`` a 404 (for callers allowed to see it).
     """
 
     cfg: ChannelConfig
@@ -104,6 +106,8 @@ class HttpApp:
 
     def __attrs_post_init__(self) -> None:
         self.api_tokens = IssuedTokenStore(ttl_s=self.cfg.token_ttl_s)
+        if self.webui_dir is not None and self.cfg.webui_dir:
+            self.webui_dir = Path(self.cfg.webui_dir)
 
     async def handle(
         self, stream: trio.abc.Stream, head: RequestHead, peer: Peer
@@ -168,6 +172,8 @@ class HttpApp:
         meta = await self.store.chat(chat_id)
         if meta is None:
             return await out.simple(SESSION_NOT_FOUND)
+        if endpoint is Endpoint.SESSION_WEBUI_THREAD:
+            return await self._webui_thread(out, meta)
         if endpoint is Endpoint.SESSION_MESSAGES:
             since_seq = parse_since_seq(query)
             if since_seq is None:
@@ -244,6 +250,55 @@ class HttpApp:
         await out.data(writer.finish())
         await out.end()
 
+    async def _webui_thread(self, out: Responder, meta: ChatMeta) -> None:
+        """The chat as nanobot's web UI restores it after a reload, plus
+        **(ext)** ``first_seq`` and ``last_seq``.
+
+        Events are read in pages of :data:`HISTORY_PAGE` and folded as they
+        come (in a worker thread: signing attachments touches the disk), so
+        the raw log is never held whole. Nanobot's ``limit``/``before``
+        paging is not offered: the answer holds the whole kept history and
+        no ``page``, which the UI reads as "nothing older to load".
+        """
+        chat_id, last_seq = meta.chat_id, meta.last_seq
+        users = [
+            ThreadUserMessage(
+                m.after_seq, m.at, m.client_id, m.content, m.media, m.turn_id
+            )
+            for m in await self.store.user_messages(chat_id)
+            if m.after_seq <= last_seq
+        ]
+        builder = WebuiThreadBuilder(
+            chat_id,
+            users,
+            media_url=lambda path: self.signer.url_for(Path(path)),
+            workspace_scope=meta.workspace_scope,
+            created_at=meta.created_at,
+            running=self._running_since(chat_id) is not None,
+        )
+        after, seen = 0, bool(users)
+        while after < last_seq:
+            page = await self.store.read_events(chat_id, after, HISTORY_PAGE)
+            events = [(seq, payload) for seq, payload in page.events if seq <= last_seq]
+            if events:
+                seen = True
+                await trio.to_thread.run_sync(builder.feed, events)
+                after = events[-1][0]
+            if len(events) < HISTORY_PAGE:
+                break
+        if not seen:
+            return await out.simple(WEBUI_THREAD_NOT_FOUND)
+
+        def encode() -> bytes:
+            # (ext) Where the rows end in the event log, as in /messages: a
+            # client attaches with since_seq=last_seq and misses nothing.
+            thread = builder.finish()
+            thread["first_seq"], thread["last_seq"] = meta.first_seq, last_seq
+            return _json.encode(thread)
+
+        body = await trio.to_thread.run_sync(encode)
+        await out.simple(HttpResponse(200, body, JSON))
+
     # --- files ----------------------------------------------------------------
 
     async def _media(self, out: Responder, match: Match) -> None:
@@ -256,22 +311,15 @@ class HttpApp:
             return await out.simple(MEDIA_NOT_FOUND)
         await send_file(out, opened, media_headers(target.name), ranges=True)
 
-    async def _page(self, out: Responder, root: Path, segment: str) -> None:
-        """A file directly inside ``root``, else its ``index.html``, else 404."""
-        asked = page_file_name(segment) if segment else None
-        for name in (asked, PAGE_INDEX):
-            if name is not None:
-                opened = await trio.to_thread.run_sync(open_regular_file, root / name)
-                if opened is not None:
-                    break
+    async def _page(self, out: Responder, root: Path, path: str) -> None:
+        """The file ``path`` names under ``root``, else ``index.html``, else 404."""
+        for parts in static_candidates(path):
+            opened = await trio.to_thread.run_sync(open_static, root, parts)
+            if opened is not None:
+                break
         else:
             return await out.simple(NOT_FOUND)
-        headers = [
-            ("Content-Type", page_content_type(name)),
-            NOSNIFF,
-            ("Cache-Control", "no-cache"),
-        ]
-        await send_file(out, opened, headers, ranges=False)
+        await send_file(out, opened, static_headers(parts), ranges=False)
 
 
 # --- history shaping (pure) ----------------------------------------------------

@@ -11,9 +11,10 @@ socket.
 - Auth: :func:`bootstrap_refusal`, :func:`request_api_token`,
   :func:`api_token_valid`.
 - Parsing: :func:`parse_session_key`, :func:`parse_since_seq`,
-  :func:`parse_range`, :func:`page_file_name`.
-- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`,
-  :func:`media_headers`, :func:`page_content_type`.
+  :func:`parse_range`.
+- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`
+  (with :func:`iso_time`, :func:`clip`),
+  :func:`media_headers`. The page's files: :mod:`trio_channel.http.static`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, tzinfo
 from typing import Final
 from urllib.parse import unquote
 
@@ -68,6 +70,7 @@ HOST_NOT_ALLOWED = _text(403, "host not allowed")
 INVALID_SESSION_KEY = _text(400, "invalid session key")
 INVALID_SINCE_SEQ = _text(400, "invalid since_seq")
 SESSION_NOT_FOUND = _text(404, "session not found")
+WEBUI_THREAD_NOT_FOUND = _text(404, "webui thread not found")
 MEDIA_NOT_FOUND = _text(404, "not found")
 TOO_MANY_TOKENS = _json_response(429, {"error": "too many outstanding tokens"})
 HEALTHY = _json_response(200, {"status": "ok"})
@@ -92,6 +95,8 @@ class Endpoint(enum.Enum):
     #: ``DELETE /api/sessions/{key}``.
     SESSION = enum.auto()
     SESSION_MESSAGES = enum.auto()
+    #: ``GET /api/sessions/{key}/webui-thread``: nanobot's web UI's history.
+    SESSION_WEBUI_THREAD = enum.auto()
     #: ``GET /api/sessions/{key}/delete``.
     SESSION_DELETE = enum.auto()
     MEDIA = enum.auto()
@@ -111,6 +116,7 @@ ALLOWED_METHODS: Final[Mapping[Endpoint, tuple[str, ...]]] = {
     Endpoint.SESSIONS: _GET,
     Endpoint.SESSION: ("DELETE",),
     Endpoint.SESSION_MESSAGES: _GET,
+    Endpoint.SESSION_WEBUI_THREAD: _GET,
     Endpoint.SESSION_DELETE: _GET,
     Endpoint.MEDIA: _GET_HEAD,
     Endpoint.PAGE: _GET_HEAD,
@@ -124,8 +130,9 @@ class Match:
     """The endpoint a path names, with its raw (still percent-encoded) parts.
 
     ``args`` is ``(key,)`` for the session routes, ``(sig, payload)`` for
-    media, ``(segment,)`` for the page (``""`` unless the path is a single
-    segment such as ``/app.js``), else ``()``.
+    media, ``(path,)`` for the page (the normalized, still percent-encoded
+    path; :mod:`trio_channel.http.static` decides what it names), else
+    ``()``.
     """
 
     endpoint: Endpoint
@@ -161,14 +168,15 @@ def match_route(cfg: ChannelConfig, raw_path: str) -> Match:
                 return Match(Endpoint.SESSION, (key,))
             case ["sessions", key, "messages"]:
                 return Match(Endpoint.SESSION_MESSAGES, (key,))
+            case ["sessions", key, "webui-thread"]:
+                return Match(Endpoint.SESSION_WEBUI_THREAD, (key,))
             case ["sessions", key, "delete"]:
                 return Match(Endpoint.SESSION_DELETE, (key,))
             case ["media", sig, payload]:
                 return Match(Endpoint.MEDIA, (sig, payload))
             case _:
                 return Match(Endpoint.API_NOT_FOUND)
-    segment = path[1:]
-    return Match(Endpoint.PAGE, ("" if "/" in segment else segment,))
+    return Match(Endpoint.PAGE, (path,))
 
 
 def host_refusal(
@@ -269,9 +277,17 @@ def ws_url(cfg: ChannelConfig, headers: Mapping[str, str]) -> str:
 def bootstrap_body(
     cfg: ChannelConfig, headers: Mapping[str, str], token: str, model_name: str | None
 ) -> bytes:
+    """The bootstrap answer (PROTOCOL 6).
+
+    ``api_token`` is ``token`` again: the seed's nanobot UI sends ``token``
+    as its API Bearer, today's sends ``api_token`` (and opens the WebSocket
+    with ``token``); one token does both, opening one WebSocket and staying
+    an API token until it expires.
+    """
     return _json.encode(
         {
             "token": token,
+            "api_token": token,
             "ws_path": cfg.path,
             "ws_url": ws_url(cfg, headers),
             "expires_in": cfg.token_ttl_s,
@@ -315,20 +331,63 @@ def parse_since_seq(query: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
-def session_rows(
-    chats: Iterable[ChatMeta], running_since: Callable[[str], float | None]
-) -> list[dict[str, object]]:
-    """One row per chat for ``/api/sessions`` and ``sessions.list``.
+#: nanobot's session list cuts previews to 120 characters; PROTOCOL 6 cuts
+#: a title taken from the first user message to 80.
+PREVIEW_CHARS: Final = 120
+TITLE_CHARS: Final = 80
 
+
+def iso_time(seconds: float, tz: tzinfo | None = None) -> str | None:
+    """Unix seconds as nanobot's session list sends them, with the offset.
+
+    The reference sends ``datetime.isoformat()`` of local wall-clock time
+    (``2026-06-02T17:14:38.123456``), which nanobot's web UI reads with
+    ``Date.parse``. We send the same text plus the UTC offset
+    (``...38.123456+08:00``), always to the microsecond: a browser in
+    another time zone than the daemon then files the chat under the right
+    day, and ``Date.parse`` reads both forms. ``tz`` None: the daemon's
+    local zone. None for a time no ``datetime`` can hold.
+    """
+    try:
+        when = datetime.fromtimestamp(seconds, tz)
+    except (OverflowError, OSError, ValueError):
+        return None
+    if tz is None:
+        when = when.astimezone()
+    return when.isoformat(timespec="microseconds")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` on one line (runs of white space become one space), at most
+    ``limit`` characters, the last one ``…`` when it was cut."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def session_rows(
+    chats: Iterable[ChatMeta],
+    running_since: Callable[[str], float | None],
+    tz: tzinfo | None = None,
+) -> list[dict[str, object]]:
+    """One row per chat for ``/api/sessions`` and ``sessions.list`` (PROTOCOL 6).
+
+    ``title`` is the chat's title (the store keeps the first user message
+    until a title is set), else its preview cut to 80 characters;
+    ``preview`` is the chat's preview cut to 120. Both are ``""`` when the
+    chat has no text yet (nanobot's UI then shows "New chat").
     ``run_started_at`` only while a turn runs.
     """
     rows = []
     for meta in chats:
+        preview = meta.preview or ""
+        title = meta.title.strip() if meta.title else ""
         item: dict[str, object] = {
             "key": session_key(meta.chat_id),
             "chat_id": meta.chat_id,
-            "created_at": meta.created_at,
-            "updated_at": meta.updated_at,
+            "created_at": iso_time(meta.created_at, tz),
+            "updated_at": iso_time(meta.updated_at, tz),
+            "title": clip(title, TITLE_CHARS) or clip(preview, TITLE_CHARS),
+            "preview": clip(preview, PREVIEW_CHARS),
             "workspace_scope": meta.workspace_scope,
         }
         started = running_since(meta.chat_id)
@@ -339,10 +398,12 @@ def session_rows(
 
 
 def sessions_body(
-    chats: Iterable[ChatMeta], running_since: Callable[[str], float | None]
+    chats: Iterable[ChatMeta],
+    running_since: Callable[[str], float | None],
+    tz: tzinfo | None = None,
 ) -> bytes:
     """``{"sessions": [...]}``, newest first as the store lists them."""
-    return _json.encode({"sessions": session_rows(chats, running_since)})
+    return _json.encode({"sessions": session_rows(chats, running_since, tz)})
 
 
 # --- media ------------------------------------------------------------------
@@ -438,44 +499,3 @@ def media_headers(name: str) -> list[tuple[str, str]]:
     if mime == "image/svg+xml":
         headers.append(("Content-Security-Policy", SVG_CSP))
     return headers
-
-
-# --- the chat page ----------------------------------------------------------
-
-PAGE_INDEX: Final = "index.html"
-#: A file name directly inside the page directory: no separators, no
-#: leading dot (so no ``..`` and no hidden files).
-_PAGE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
-_PAGE_TYPES: Final[Mapping[str, str]] = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".webmanifest": "application/manifest+json",
-    ".txt": "text/plain; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".ico": "image/x-icon",
-    ".woff2": "font/woff2",
-}
-
-
-def page_file_name(segment: str) -> str | None:
-    """The file a single-segment path names in the page directory, if it can.
-
-    ``segment`` is decoded once; a name that is not a plain file name is
-    None, and the caller serves ``index.html`` instead.
-    """
-    name = unquote(segment)
-    return name if _PAGE_NAME_RE.fullmatch(name) else None
-
-
-def page_content_type(name: str) -> str:
-    dot = name.rfind(".")
-    return _PAGE_TYPES.get(name[dot:].lower(), "application/octet-stream")

@@ -7,7 +7,8 @@
  * Contract (PROTOCOL.md): GET /api/bootstrap before every (re)connect (its
  * token opens ONE WebSocket and is an API token until it expires), the
  * WebSocket at ws_url?client_id=webui-…&token=…, GET /api/sessions for the
- * sidebar. Persisted events carry a per-chat `seq`; the page remembers the
+ * sidebar, GET /api/sessions/{key}/webui-thread for an opened chat's history.
+ * Persisted events carry a per-chat `seq`; the page remembers the
  * highest one it has shown per chat, ignores anything at or below it, and
  * re-attaches with `since_seq` after a reconnect, so a reply interrupted by a
  * restart is completed and shown once.
@@ -888,44 +889,53 @@
     return res;
   }
 
-  function isUserItem(item) {
-    if (!item || typeof item !== "object") return false;
-    if (item.event === "user_message" || item.event === "user" || item.role === "user") return true;
-    return item.event === undefined && (typeof item.content === "string" || typeof item.text === "string");
-  }
-
-  /* Best effort: the persisted events plus the user's own messages, so an
-   * opened chat shows both sides. The attach that follows replays anything
-   * newer than what this returned. */
+  /* Best effort: the chat as GET /api/sessions/{key}/webui-thread restores
+   * it (the route nanobot's own web UI reloads from): a row per user message
+   * and, per reply, an activity row (tool hints, file edits) and an answer
+   * row. Its last_seq is where the attach that follows resumes, so nothing
+   * is missed or shown twice. */
   async function loadHistory(chat) {
     let body;
     try {
-      const res = await apiGet("/api/sessions/" + encodeURIComponent("websocket:" + chat.id) + "/messages");
-      if (!res.ok) return;
+      const res = await apiGet("/api/sessions/" + encodeURIComponent("websocket:" + chat.id) + "/webui-thread");
+      if (!res.ok) return; // 404: nothing said in this chat yet
       body = await res.json();
     } catch (_) {
       return;
     }
-    if (!body || !Array.isArray(body.events)) return;
+    if (!body || !Array.isArray(body.messages) || chat.lastSeq > 0) return;
     if (Number.isInteger(body.first_seq) && body.first_seq > 1) {
       notice(chat, errorText({ detail: "history_truncated", first_seq: body.first_seq }), "info");
     }
-    for (const item of body.events) {
-      if (isUserItem(item)) {
-        const text = typeof item.content === "string" ? item.content : String(item.text || "");
-        const urls = (Array.isArray(item.media_urls) ? item.media_urls : [])
-          .map((m) => safeMediaUrl(m && m.url))
-          .filter(Boolean);
-        const count = Array.isArray(item.media) ? item.media.length : 0;
-        const missing = count - urls.length;
-        renderUserMessage(chat, text, urls, missing > 0 ? missing + (missing === 1 ? " attachment" : " attachments") : "");
-        if (!chat.title && text.trim()) chat.title = text.trim().slice(0, 60);
-      } else if (item && typeof item.event === "string") {
-        applyEvent(chat, item);
-      }
+    for (const row of body.messages) {
+      if (row && typeof row === "object") update(chat, () => renderThreadRow(chat, row));
     }
-    // Nothing live is shown for a turn loaded from history.
-    settle(chat);
+    if (Number.isInteger(body.last_seq)) chat.lastSeq = Math.max(chat.lastSeq, body.last_seq);
+  }
+
+  function renderThreadRow(chat, row) {
+    const text = typeof row.content === "string" ? row.content : "";
+    const media = (Array.isArray(row.media) ? row.media : []).filter((m) => m && typeof m === "object");
+    if (row.role === "user") {
+      const urls = media.map((m) => safeMediaUrl(m.url)).filter(Boolean);
+      const missing = media.length - urls.length;
+      renderUserMessage(chat, text, urls, missing > 0 ? missing + (missing === 1 ? " attachment" : " attachments") : "");
+      if (!chat.title && text.trim()) chat.title = text.trim().slice(0, 60);
+    } else if (row.kind === "trace") {
+      for (const line of Array.isArray(row.traces) ? row.traces : []) {
+        if (typeof line === "string" && line) renderAgentMessage(chat, { text: line, kind: "tool_hint" });
+      }
+      if (Array.isArray(row.fileEdits) && row.fileEdits.length) renderFileEdit(chat, { edits: row.fileEdits });
+    } else if (row.role === "assistant") {
+      if (typeof row.reasoning === "string" && row.reasoning) {
+        const key = { row: String(row.id) };
+        openReasoning(chat, key).body.append(row.reasoning);
+        endReasoning(chat, key);
+      }
+      if (text || media.length) renderAgentMessage(chat, { text, media_urls: media });
+      const took = formatDuration(row.latencyMs);
+      if (took) chat.log.appendChild(make("div", "meta turn-end", "Replied in " + took));
+    }
   }
 
   function refreshSessionsSoon() {
