@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,14 @@ from trio_channel.http.routes import (
     ws_url,
 )
 from trio_channel.media.signing import MediaSigner
-from trio_channel.store.sqlite import SessionStore
+from trio_channel.store.base import (
+    AppendEvent,
+    AppendUserMessage,
+    DeleteChat,
+    SessionStore,
+    UpdateChat,
+)
+from trio_channel.store.memory import MemoryStore
 
 SECRET = b"k" * 32
 LOOPBACK = Peer("127.0.0.1", 40000)
@@ -76,7 +83,7 @@ async def fetch(
     names = {name.lower() for name, _ in headers}
     all_headers = list(headers)
     if "host" not in names:
-        all_headers.insert(0, ("Host", "testserver:8765"))
+        all_headers.insert(0, ("Host", "localhost:8765"))
     request = client.send(
         h11.Request(method=method, target=target, headers=all_headers)
     )
@@ -128,10 +135,37 @@ def event(chat_id: str, text: str) -> Callable[[int], bytes]:
     return encode
 
 
+@attrs.define(eq=False)
+class TickingStore(MemoryStore):
+    """A memory store with one-line writes; every write is one tick later."""
+
+    ticks: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000))
+    ids: Iterator[int] = attrs.field(factory=itertools.count)
+
+    async def append_event(self, chat_id: str, encode: Callable[[int], bytes]) -> None:
+        payload = json.loads(encode(0))
+        payload.pop("seq")
+        text = payload.get("text") if payload["event"] == "message" else None
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        at = float(next(self.ticks))
+        await self.write([AppendEvent(chat_id, f"t:{next(self.ids)}", body, at, text)])
+
+    async def append_user_message(
+        self, chat_id: str, client_id: str, content: str, media: tuple[str, ...]
+    ) -> None:
+        at = float(next(self.ticks))
+        await self.write([AppendUserMessage(chat_id, at, client_id, content, media)])
+
+    async def update_chat(self, chat_id: str, **fields: Any) -> None:
+        await self.write([UpdateChat(chat_id, float(next(self.ticks)), **fields)])
+
+    async def delete_chat(self, chat_id: str) -> bool:
+        return bool((await self.write([DeleteChat(chat_id)]))[0])
+
+
 @pytest.fixture
-async def store(nursery: trio.Nursery) -> SessionStore:
-    ticks = itertools.count(1000)
-    store = SessionStore(":memory:", wall_clock=lambda: float(next(ticks)))
+async def store(nursery: trio.Nursery) -> TickingStore:
+    store = TickingStore()
     await nursery.start(store.run)
     return store
 
@@ -217,7 +251,7 @@ async def test_bootstrap_from_loopback_without_a_secret(make_app, path, peer):
     assert body["token"].startswith("nbwt_")
     assert body["api_token"] == body["token"]
     assert body["ws_path"] == "/ws"
-    assert body["ws_url"] == "ws://testserver:8765/ws"
+    assert body["ws_url"] == "ws://localhost:8765/ws"
     assert body["expires_in"] == TTL
     assert body["model_name"] == "gpt-test"
     assert reply.headers["cache-control"] == "no-store"
@@ -385,8 +419,8 @@ async def test_issue_route_tokens_are_not_api_tokens(make_app):
 
 
 async def test_sessions_list(app, store):
-    store.append_event("a", event("a", "one"))
-    store.update_chat("b", workspace_scope={"root": "/w"})
+    await store.append_event("a", event("a", "one"))
+    await store.update_chat("b", workspace_scope={"root": "/w"})
     app.hub.chat("a").running_since = 123.5
     reply = await fetch(app, "/api/sessions/", headers=AUTH)
     sessions = reply.json()["sessions"]
@@ -408,9 +442,9 @@ async def test_sessions_list(app, store):
 async def test_session_rows_carry_iso_times_that_date_parse_reads(app, store):
     """nanobot's UI files chats by ``Date.parse(updated_at)``: Unix floats gave
     NaN and every chat landed under "Earlier"."""
-    store.append_event("a", event("a", "one"))  # created and updated at 1000
-    store.append_event("a", event("a", "two"))  # updated at 1001
-    meta = store.chat("a")
+    await store.append_event("a", event("a", "one"))  # created and updated at 1000
+    await store.append_event("a", event("a", "two"))  # updated at 1001
+    meta = await store.chat("a")
     (row,) = (await fetch(app, "/api/sessions", headers=AUTH)).json()["sessions"]
     iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d")
     assert iso.fullmatch(row["created_at"]), row
@@ -434,9 +468,9 @@ async def test_session_rows_carry_iso_times_that_date_parse_reads(app, store):
 async def test_session_rows_carry_title_and_preview(
     app, store, title, preview, row_title, row_preview
 ):
-    store.append_event("a", event("a", "reply"))
-    meta = store.chat("a")
-    meta.title, meta.preview = title, preview
+    await store.append_event("a", event("a", "reply"))
+    log = store._logs["a"]
+    log.meta = attrs.evolve(log.meta, title=title, preview=preview)
     (row,) = (await fetch(app, "/api/sessions", headers=AUTH)).json()["sessions"]
     assert (row["title"], row["preview"]) == (row_title, row_preview)
 
@@ -477,12 +511,12 @@ async def _history(app: HttpApp, key: str, query: str = "", **kw: Any) -> Reply:
 async def test_messages_interleave_user_messages(app, store, media_root):
     photo = media_root / "p.png"
     photo.write_bytes(b"png")
-    store.append_user_message("c", "alice", "first", ())
-    store.append_event("c", event("c", "e1"))
-    store.append_event("c", event("c", "e2"))
-    store.append_user_message("c", "alice", "look", (str(photo), "/elsewhere/x.png"))
-    store.append_event("c", event("c", "e3"))
-    store.append_user_message("c", "bob", "last", ())
+    await store.append_user_message("c", "alice", "first", ())
+    await store.append_event("c", event("c", "e1"))
+    await store.append_event("c", event("c", "e2"))
+    await store.append_user_message("c", "alice", "look", (str(photo), "/elsewhere/x.png"))
+    await store.append_event("c", event("c", "e3"))
+    await store.append_user_message("c", "bob", "last", ())
     reply = await _history(app, "websocket%3Ac")
     assert reply.headers["x-content-type-options"] == "nosniff"
     assert reply.headers["cache-control"] == "no-store"
@@ -525,7 +559,7 @@ async def test_messages_interleave_user_messages(app, store, media_root):
 
 @pytest.mark.parametrize("query", ["?since_seq=-1", "?since_seq=x", "?since_seq=1.5"])
 async def test_a_bad_since_seq_is_a_400(app, store, query):
-    store.append_event("c", event("c", "e1"))
+    await store.append_event("c", event("c", "e1"))
     reply = await _history(app, "c", query)
     assert (reply.status, reply.body) == (400, b"invalid since_seq")
 
@@ -533,8 +567,8 @@ async def test_a_bad_since_seq_is_a_400(app, store, query):
 async def test_long_histories_are_read_in_pages(app, store):
     count = HISTORY_PAGE * 2 + 7
     for i in range(count):
-        store.append_event("long", event("long", str(i)))
-    store.append_user_message("long", "u", "end", ())
+        await store.append_event("long", event("long", str(i)))
+    await store.append_user_message("long", "u", "end", ())
     for version in ("1.1", "1.0"):  # chunked, then ended by the close
         reply = await _history(app, "long", version=version)
         events = reply.json()["events"]
@@ -545,11 +579,14 @@ async def test_long_histories_are_read_in_pages(app, store):
 
 
 async def test_messages_of_a_chat_with_no_events(app, store):
-    store.update_chat("quiet")
+    await store.update_chat("quiet")
     body = (await _history(app, "quiet")).json()
+    meta = await store.chat("quiet")
+    assert meta is not None
     assert body == {
         "key": "websocket:quiet",
         "chat_id": "quiet",
+        "epoch": meta.epoch,
         "first_seq": 1,
         "last_seq": 0,
         "events": [],
@@ -577,15 +614,15 @@ async def test_webui_thread_restores_the_chat_as_nanobots_ui_shows_it(
 ):
     photo = media_root / "p.png"
     photo.write_bytes(b"png")
-    store.update_chat("c", workspace_scope={"project_path": "/w"})
-    store.append_user_message("c", "webui-1", "what is this?", (str(photo),))
-    store.append_event("c", agent("c", "reasoning_delta", text="Looking."))
-    store.append_event("c", agent("c", "reasoning_end"))
+    await store.update_chat("c", workspace_scope={"project_path": "/w"})
+    await store.append_user_message("c", "webui-1", "what is this?", (str(photo),))
+    await store.append_event("c", agent("c", "reasoning_delta", text="Looking."))
+    await store.append_event("c", agent("c", "reasoning_end"))
     for word in ("It ", "is ", "a dot."):
-        store.append_event("c", agent("c", "delta", text=word, stream_id="s"))
-    store.append_event("c", agent("c", "stream_end", stream_id="s"))
-    store.append_event("c", agent("c", "turn_end", latency_ms=420))
-    store.append_user_message("c", "webui-1", "thanks", ())
+        await store.append_event("c", agent("c", "delta", text=word, stream_id="s"))
+    await store.append_event("c", agent("c", "stream_end", stream_id="s"))
+    await store.append_event("c", agent("c", "turn_end", latency_ms=420))
+    await store.append_user_message("c", "webui-1", "thanks", ())
     reply = await _thread(app, "websocket%3Ac")
     assert reply.status == 200
     assert reply.headers["cache-control"] == "no-store"
@@ -629,8 +666,8 @@ async def test_webui_thread_restores_the_chat_as_nanobots_ui_shows_it(
 
 
 async def test_webui_thread_says_when_a_turn_is_running(app, store):
-    store.append_user_message("c", "u", "go", ())
-    store.append_event("c", agent("c", "delta", text="work"))
+    await store.append_user_message("c", "u", "go", ())
+    await store.append_event("c", agent("c", "delta", text="work"))
     app.hub.chat("c").running_since = 5.0
     body = (await _thread(app, "c")).json()
     assert body["has_pending_tool_calls"] is True
@@ -638,17 +675,17 @@ async def test_webui_thread_says_when_a_turn_is_running(app, store):
 
 
 async def test_webui_thread_of_a_chat_with_only_a_question(app, store):
-    store.append_user_message("c", "u", "anyone?", ())
+    await store.append_user_message("c", "u", "anyone?", ())
     messages = (await _thread(app, "c")).json()["messages"]
     assert [(m["role"], m["content"]) for m in messages] == [("user", "anyone?")]
 
 
 async def test_webui_thread_reads_long_histories_in_pages(app, store):
     count = HISTORY_PAGE * 2 + 7
-    store.append_user_message("long", "u", "stream", ())
+    await store.append_user_message("long", "u", "stream", ())
     for i in range(count):
-        store.append_event("long", agent("long", "delta", text=f"{i} "))
-    store.append_event("long", agent("long", "stream_end"))
+        await store.append_event("long", agent("long", "delta", text=f"{i} "))
+    await store.append_event("long", agent("long", "stream_end"))
     body = (await _thread(app, "long")).json()
     assert [m["content"] for m in body["messages"]] == [
         "stream",
@@ -659,10 +696,9 @@ async def test_webui_thread_reads_long_histories_in_pages(app, store):
 
 async def test_webui_thread_of_a_trimmed_history_says_where_it_starts(app, store):
     store.history_limit = 3
-    store.append_user_message("c", "u", "count", ())
+    await store.append_user_message("c", "u", "count", ())
     for i in range(1, 6):
-        store.append_event("c", agent("c", "delta", text=f"{i} "))
-    await store.flush()
+        await store.append_event("c", agent("c", "delta", text=f"{i} "))
     body = (await _thread(app, "c")).json()
     assert (body["first_seq"], body["last_seq"]) == (3, 5)
     assert [(m["id"], m["content"]) for m in body["messages"]] == [
@@ -671,21 +707,21 @@ async def test_webui_thread_of_a_trimmed_history_says_where_it_starts(app, store
 
 
 async def test_webui_thread_not_found(app, store):
-    store.update_chat("quiet")  # a chat, but nothing said in it
+    await store.update_chat("quiet")  # a chat, but nothing said in it
     reply = await _thread(app, "quiet")
     assert (reply.status, reply.body) == (404, b"webui thread not found")
     unknown = await _thread(app, "nope")
     assert (unknown.status, unknown.body) == (404, b"session not found")
     bad = await _thread(app, "..%2Fx")
     assert (bad.status, bad.body) == (400, b"invalid session key")
-    store.append_event("gone", agent("gone", "message", text="x"))
+    await store.append_event("gone", agent("gone", "message", text="x"))
     assert (await _thread(app, "gone")).status == 200
     await store.delete_chat("gone")
     assert (await _thread(app, "gone")).status == 404
 
 
 async def test_webui_thread_needs_an_api_token_and_get(app, store):
-    store.append_event("c", agent("c", "message", text="x"))
+    await store.append_event("c", agent("c", "message", text="x"))
     reply = await fetch(app, "/api/sessions/c/webui-thread")
     assert (reply.status, reply.body) == (401, b"Unauthorized")
     post = await fetch(app, "/api/sessions/c/webui-thread", method="POST", headers=AUTH)
@@ -698,7 +734,7 @@ async def test_webui_thread_needs_an_api_token_and_get(app, store):
 )
 @pytest.mark.parametrize("key", ["websocket%3Agone", "gone"])
 async def test_delete(app, store, method, target, key):
-    store.append_event("gone", event("gone", "x"))
+    await store.append_event("gone", event("gone", "x"))
     reply = await fetch(app, target.format(key), method=method, headers=AUTH)
     assert reply.json() == {"deleted": True}
     assert (await _history(app, key)).status == 404
@@ -719,7 +755,7 @@ async def test_delete(app, store, method, target, key):
     ],
 )
 async def test_wrong_methods_are_405(app, store, method, target, allow):
-    store.append_event("c", event("c", "x"))
+    await store.append_event("c", event("c", "x"))
     reply = await fetch(app, target, method=method, headers=AUTH)
     assert (reply.status, reply.headers["allow"]) == (405, allow)
     assert (await fetch(app, "/api/sessions/c/messages", headers=AUTH)).status == 200
@@ -749,7 +785,7 @@ async def test_wrong_methods_are_405(app, store, method, target, allow):
     ],
 )
 async def test_session_key_validation(app, store, key, status):
-    store.append_event("c", event("c", "x"))
+    await store.append_event("c", event("c", "x"))
     reply = await _history(app, key)
     assert reply.status == status
     if status == 400:
@@ -784,7 +820,7 @@ async def test_traversal_outside_the_key_segment_is_just_not_a_route(app):
 
 
 async def test_auth_comes_before_key_checks(app, store):
-    store.append_event("c", event("c", "x"))
+    await store.append_event("c", event("c", "x"))
     for key in ("c", "..%2Fx", "nope"):
         reply = await fetch(app, f"/api/sessions/{key}/messages")
         assert reply.status == 401

@@ -50,6 +50,13 @@ CASES: list[tuple[list[str], str, object]] = [
     (["--workspace", "/srv/ws"], "workspace_dir", "/srv/ws"),
     (["--no-webui"], "webui", False),
     (["--webui-dir", "/srv/ui"], "webui_dir", "/srv/ui"),
+    (["--sqlite-synchronous", "full"], "sqlite_synchronous", "full"),
+    (
+        ["--allowed-host", "chat.lan", "--allowed-host", "box"],
+        "allowed_hosts",
+        ("chat.lan", "box"),
+    ),
+    (["--allowed-origin", "https://a.example"], "allowed_origins", ("https://a.example",)),
 ]
 
 

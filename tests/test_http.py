@@ -15,8 +15,8 @@ from trio_channel.http.head import (
     RequestHead,
     is_upgrade,
     read_request_head,
-    response_bytes,
 )
+from trio_channel.http.response import Responder
 from trio_channel.http.routes import Endpoint, issue_token, match_route
 
 HEAD = (
@@ -45,7 +45,11 @@ async def test_heads_are_read_whatever_the_chunking(chunk):
     assert head.method == "GET"
     assert head.target == "/ws/?client_id=a"
     assert head.headers["connection"] == "keep-alive, Upgrade"
-    assert head.raw.startswith(HEAD[: HEAD.index(b"TRAILING")])
+    assert head.http_version == "1.1"
+    assert head.conn is not None
+    # The h11 connection that read the head keeps what came after it.
+    head.conn.next_event()  # EndOfMessage
+    assert b"TRAILING".startswith(head.conn.trailing_data[0])  # the rest: unread
     assert is_upgrade(head, "/ws")
     assert not is_upgrade(head, "/")
 
@@ -61,7 +65,7 @@ async def test_a_huge_head_is_a_431_even_when_complete():
 
 
 def _head(target: str, method: str = "GET", **headers: str) -> RequestHead:
-    return RequestHead(method, target, {k.lower(): v for k, v in headers.items()}, b"")
+    return RequestHead(method, target, {k.lower(): v for k, v in headers.items()})
 
 
 @pytest.mark.parametrize(
@@ -101,16 +105,49 @@ def test_token_route():
 def test_token_route_refuses_past_the_cap():
     tokens = IssuedTokenStore(ttl_s=300, capacity=1)
     cfg = ChannelConfig(token_issue_path="/t")
-    assert issue_token(_head("/t"), cfg, tokens, 0.0).status == 200
-    refused = issue_token(_head("/t"), cfg, tokens, 1.0)
+    local = _head("/t", Host="127.0.0.1:8765")
+    assert issue_token(local, cfg, tokens, 0.0).status == 200
+    refused = issue_token(local, cfg, tokens, 1.0)
     assert (refused.status, refused.body) == (
         429,
         b'{"error":"too many outstanding tokens"}',
     )
 
 
-def test_responses_close_the_connection():
-    out = response_bytes(404, b"Not Found")
+async def test_responses_close_the_connection():
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    await Responder(send, None, 1.0).text(404, b"Not Found")
+    await send.aclose()
+    out = b""
+    while chunk := await receive.receive_some():
+        out += chunk
     assert out.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert b"connection: close" in out.lower()
+    assert b"x-content-type-options: nosniff" in out.lower()
     assert out.endswith(b"\r\n\r\nNot Found")
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "status"),
+    [
+        ("127.0.0.1:8765", (), 200),
+        ("localhost", (), 200),
+        ("[::1]:8765", (), 200),
+        ("LOCALHOST:1", (), 200),
+        ("evil.example", (), 403),
+        ("evil.example:8765", (), 403),
+        ("127.0.0.1.evil.example", (), 403),
+        ("", (), 403),
+        ("chat.lan:8765", ("chat.lan",), 200),
+        ("CHAT.lan", ("chat.lan",), 200),
+    ],
+)
+def test_the_token_route_without_a_secret_answers_only_our_own_host(
+    host, allowed, status
+):
+    # PROTOCOL 1, 6: a DNS-rebinding page sends its own name as Host.
+    cfg = ChannelConfig(token_issue_path="/t", allowed_hosts=allowed)
+    tokens = IssuedTokenStore(ttl_s=300)
+    assert issue_token(_head("/t", Host=host), cfg, tokens, 0.0).status == status
+    # On a unix socket no browser can reach us: no Host check.
+    assert issue_token(_head("/t", Host=host), cfg, tokens, 0.0, tcp=False).status == 200

@@ -1,4 +1,8 @@
-"""ChatHub fan-out, hydration state and bounds; StreamBuffers (PROTOCOL 3.4, 4)."""
+"""ChatHub fan-out, cursors, hydration state and bounds; StreamBuffers.
+
+PROTOCOL 3.4 and 4. Subscribers are recorders: what they were handed and
+which chats they were told to catch up.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from trio_channel.core.delivery import Resume
 from trio_channel.core.events import (
     AgentEvent,
     Delta,
@@ -20,70 +25,170 @@ from trio_channel.core.events import (
 from trio_channel.core.hub import ChatHub, StreamBuffers
 
 
-def hub_with(subs: dict[str, list[str]], **kw: Any) -> ChatHub[str]:
+class Rec(str):
+    """A subscriber named like a string; ``room`` frames fit its queue."""
+
+    def __new__(cls, name: str, room: int = 10**9) -> Rec:
+        sub = super().__new__(cls, name)
+        sub.frames: list[bytes] = []  # type: ignore[misc]
+        sub.behind: list[str] = []  # type: ignore[misc]
+        sub.room = room  # type: ignore[attr-defined]
+        return sub
+
+    def deliver(self, frame: bytes) -> bool:
+        if len(self.frames) >= self.room:  # type: ignore[attr-defined]
+            return False
+        self.frames.append(frame)  # type: ignore[attr-defined]
+        return True
+
+    def fell_behind(self, chat_id: str) -> None:
+        self.behind.append(chat_id)  # type: ignore[attr-defined]
+
+
+def hub_with(subs: dict[str, list[str]], **kw: Any) -> tuple[ChatHub[Rec], dict[str, Rec]]:
     """Register each connection in order, then subscribe it to its chats."""
-    hub: ChatHub[str] = ChatHub(**kw)
-    for sub, chats in subs.items():
-        hub.register(sub)
+    hub: ChatHub[Rec] = ChatHub(**kw)
+    recs = {name: Rec(name) for name in subs}
+    for name, chats in subs.items():
+        hub.register(recs[name])
         for chat_id in chats:
-            hub.subscribe(sub, chat_id)
-    return hub
+            hub.subscribe(recs[name], chat_id)
+    return hub, recs
 
 
 # --- fan-out ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "event",
-    [
-        Message(chat_id="x", text="hi"),
-        Delta(chat_id="x", text="d", stream_id="s"),
-        StreamEnd(chat_id="x", stream_id="s"),
-        TurnEnd(chat_id="x", latency_ms=3),
-        GoalState(chat_id="x", goal_state={"g": 1}),
-        GoalStatus(chat_id="x", status="idle"),
-        SessionUpdated(chat_id="x", scope="metadata"),
-    ],
-)
-def test_chat_events_go_to_subscribers_in_subscription_order(event: AgentEvent) -> None:
-    hub: ChatHub[str] = ChatHub()
-    for sub in ("a", "b", "c", "d"):
+def test_stored_events_go_to_subscribers_in_subscription_order() -> None:
+    hub: ChatHub[Rec] = ChatHub()
+    a, b, c, d = (Rec(n) for n in "abcd")
+    for sub in (a, b, c, d):
         hub.register(sub)
-    for sub in ("c", "a", "b"):
+    for sub in (c, a, b):
         hub.subscribe(sub, "x")
-    hub.subscribe("d", "y")
-    hub.subscribe("c", "x")  # subscribing again keeps the original place
-    assert list(hub.targets(event)) == ["c", "a", "b"]
+    hub.subscribe(d, "y")
+    hub.subscribe(c, "x")  # subscribing again keeps the original place
+    assert list(hub.subscribers("x")) == ["c", "a", "b"]
+    assert hub.publish("x", 1, b"one") == 3
+    assert [s.frames for s in (a, b, c, d)] == [[b"one"]] * 3 + [[]]
 
 
-def test_event_for_a_chat_nobody_watches_has_no_target() -> None:
-    hub = hub_with({"a": ["x"]})
-    assert list(hub.targets(Message(chat_id="elsewhere", text="t"))) == []
+def test_the_cursor_rule() -> None:
+    hub, recs = hub_with({"a": ["x"]})
+    a = recs["a"]
+    assert hub.publish("x", 1, b"1") == 1
+    assert hub.publish("x", 1, b"1 again") == 0  # duplicate: dropped
+    assert hub.publish("x", 3, b"3") == 0  # a gap: catch up from the store
+    assert a.frames == [b"1"] and a.behind == ["x"]
+    cursor = hub.cursor(a, "x")
+    assert cursor is not None and not cursor.live and cursor.next_seq == 2
+    assert hub.publish("x", 4, b"4") == 0  # catching up: the log has it
+    assert hub.chat("x").published_seq == 4
+
+
+def test_a_full_queue_falls_behind_and_keeps_its_place() -> None:
+    hub: ChatHub[Rec] = ChatHub()
+    full, fine = Rec("full", room=1), Rec("fine")
+    for sub in (full, fine):
+        hub.register(sub)
+        hub.subscribe(sub, "x")
+    assert hub.publish("x", 1, b"1") == 2
+    assert hub.publish("x", 2, b"2") == 1
+    assert full.frames == [b"1"] and full.behind == ["x"]
+    cursor = hub.cursor(full, "x")
+    assert cursor is not None and (cursor.live, cursor.next_seq) == (False, 2)
+    assert cursor.rehydrate  # status events may be missed while behind
+    assert fine.frames == [b"1", b"2"]
+
+
+def test_a_chat_nobody_watches_is_not_created_by_a_publish() -> None:
+    hub, _ = hub_with({"a": ["x"]})
+    assert hub.publish("elsewhere", 1, b"t") == 0
+    assert "elsewhere" not in hub.chats
+
+
+def test_a_subscriber_joins_after_what_was_published() -> None:
+    hub, recs = hub_with({"a": ["x"]})
+    hub.publish("x", 1, b"1")
+    late = Rec("late")
+    hub.register(late)
+    hub.subscribe(late, "x")
+    assert hub.publish("x", 2, b"2") == 2
+    assert late.frames == [b"2"]
+
+
+def test_resume_starts_a_catch_up() -> None:
+    hub: ChatHub[Rec] = ChatHub()
+    a = Rec("a")
+    hub.register(a)
+    hub.subscribe(a, "x", Resume(5, replay=True))
+    cursor = hub.cursor(a, "x")
+    assert cursor is not None and (cursor.live, cursor.next_seq) == (False, 5)
+    assert a.behind == ["x"]
+    hub.subscribe(a, "x", Resume(9, replay=False))  # no replay: cursor kept
+    assert hub.cursor(a, "x") is cursor
+
+
+def test_broadcast_goes_to_live_subscribers_but_the_sender() -> None:
+    hub: ChatHub[Rec] = ChatHub()
+    a, b, c, full = Rec("a"), Rec("b"), Rec("c"), Rec("full", room=0)
+    for sub in (a, b, c, full):
+        hub.register(sub)
+    for sub in (a, b, full):
+        hub.subscribe(sub, "x")
+    hub.subscribe(c, "x", Resume(1, replay=True))  # catching up
+    assert hub.broadcast("x", b"status", skip=a) == 1
+    assert (a.frames, b.frames, c.frames) == ([], [b"status"], [])
+    assert full.behind == ["x"]  # hydration will bring the status back
 
 
 def test_runtime_model_updated_goes_to_every_connection() -> None:
-    hub = hub_with({"a": ["x"], "b": [], "c": ["y", "x"]})
-    event = RuntimeModelUpdated(model_name="gpt-x", model_preset="fast")
-    assert list(hub.targets(event)) == ["a", "b", "c"]
+    hub, recs = hub_with({"a": ["x"], "b": [], "c": ["y", "x"]})
+    hub.observe(RuntimeModelUpdated(model_name="gpt-x", model_preset="fast"))
+    assert hub.broadcast_all(b"model") == 3
     assert hub.model_name == "gpt-x"
-    hub.targets(RuntimeModelUpdated(model_name="other"))
+    hub.observe(RuntimeModelUpdated(model_name="other"))
     assert hub.model_name == "other"
 
 
 def test_unregister_cleans_every_chat() -> None:
-    hub = hub_with({"a": ["x", "y", "z"], "b": ["y"]})
-    hub.unregister("a")
+    hub, recs = hub_with({"a": ["x", "y", "z"], "b": ["y"]})
+    hub.unregister(recs["a"])
     assert [list(hub.subscribers(c)) for c in ("x", "y", "z")] == [[], ["b"], []]
-    assert list(hub.targets(RuntimeModelUpdated(model_name="m"))) == ["b"]
+    assert hub.broadcast_all(b"m") == 1
     assert "a" not in hub.connections
-    hub.unregister("a")  # idempotent
-    hub.unregister("never-registered")
+    hub.unregister(recs["a"])  # idempotent
+    hub.unregister(Rec("never-registered"))
 
 
 def test_subscribe_needs_register() -> None:
-    hub: ChatHub[str] = ChatHub()
+    hub: ChatHub[Rec] = ChatHub()
     with pytest.raises(KeyError):
-        hub.subscribe("a", "x")
+        hub.subscribe(Rec("a"), "x")
+
+
+def test_load_merges_what_the_store_keeps_once() -> None:
+    hub: ChatHub[Rec] = ChatHub()
+    hub.observe(GoalStatus(chat_id="x", status="running", started_at=3.0))
+    hub.load("x", workspace_scope={"root": "/w"}, goal_state={"g": 1}, last_seq=7)
+    chat = hub.chat("x")
+    assert (chat.workspace_scope, chat.goal_state, chat.published_seq) == (
+        {"root": "/w"},
+        {"g": 1},
+        7,
+    )
+    assert chat.running_since == 3.0
+    hub.load("x", workspace_scope=None, goal_state=None, last_seq=5)
+    assert (chat.workspace_scope, chat.published_seq) == ({"root": "/w"}, 7)
+
+
+def test_forget_log_restarts_every_cursor() -> None:
+    hub, recs = hub_with({"a": ["x"]})
+    hub.publish("x", 1, b"1")
+    hub.forget_log("x")
+    assert hub.chat("x").published_seq == 0
+    assert hub.publish("x", 1, b"new 1") == 1
+    assert recs["a"].frames == [b"1", b"new 1"]
 
 
 # --- hydration ---------------------------------------------------------------------
@@ -120,20 +225,20 @@ STATE = GoalState(chat_id="x", goal_state={"objective": "ship"})
     ],
 )
 def test_hydration(events: list[AgentEvent], expected: list[AgentEvent]) -> None:
-    hub: ChatHub[str] = ChatHub()
+    hub, _ = hub_with({"watcher": ["x"]})  # a chat nobody watches is forgotten
     for event in events:
-        hub.targets(event)
+        hub.observe(event)
     assert hub.hydration("x") == expected
     assert hub.is_running("x") is any(isinstance(e, GoalStatus) for e in expected)
 
 
 def test_session_updated_stores_the_scope() -> None:
     hub: ChatHub[str] = ChatHub()
-    hub.targets(SessionUpdated(chat_id="x", workspace_scope={"root": "/w"}))
+    hub.observe(SessionUpdated(chat_id="x", workspace_scope={"root": "/w"}))
     assert hub.chat("x").workspace_scope == {"root": "/w"}
-    hub.targets(SessionUpdated(chat_id="x", scope="metadata"))  # unset: kept
+    hub.observe(SessionUpdated(chat_id="x", scope="metadata"))  # unset: kept
     assert hub.chat("x").workspace_scope == {"root": "/w"}
-    hub.targets(SessionUpdated(chat_id="x", workspace_scope=None))
+    hub.observe(SessionUpdated(chat_id="x", workspace_scope=None))
     assert hub.chat("x").workspace_scope is None
 
 
@@ -141,7 +246,7 @@ def test_session_updated_stores_the_scope() -> None:
 
 
 def test_streams_of_one_chat_never_mix() -> None:
-    hub = hub_with({"a": ["x", "y"]})
+    hub, _ = hub_with({"a": ["x", "y"]})
     for chat_id, stream_id, text in [
         ("x", "s1", "a"),
         ("x", "s2", "1"),
@@ -151,7 +256,7 @@ def test_streams_of_one_chat_never_mix() -> None:
         ("x", None, "n"),
         ("x", "s1", "c"),
     ]:
-        hub.targets(Delta(chat_id=chat_id, text=text, stream_id=stream_id))
+        hub.observe(Delta(chat_id=chat_id, text=text, stream_id=stream_id))
     assert hub.finish_stream(StreamEnd(chat_id="x", stream_id="s1")) == "abc"
     assert hub.finish_stream(StreamEnd(chat_id="x", stream_id="s2")) == "12"
     assert hub.finish_stream(StreamEnd(chat_id="y", stream_id="s1")) == "Y"
@@ -226,8 +331,8 @@ def test_max_chars_stops_growth(chunks: list[str]) -> None:
 
 
 def test_eviction_keeps_chats_with_subscribers_or_a_running_turn() -> None:
-    hub = hub_with({"a": ["kept"]}, max_chats=3)
-    hub.targets(GoalStatus(chat_id="busy", status="running", started_at=5.0))
+    hub, _ = hub_with({"a": ["kept"]}, max_chats=3)
+    hub.observe(GoalStatus(chat_id="busy", status="running", started_at=5.0))
     for n in range(10):
         hub.chat(f"idle-{n}")
     assert len(hub.chats) <= 3
@@ -241,18 +346,20 @@ def test_eviction_keeps_chats_with_subscribers_or_a_running_turn() -> None:
 def test_subscribing_when_every_kept_chat_is_busy() -> None:
     # Chats with subscribers are never evicted; the chat being subscribed to
     # now must not be either, or the connection would silently get nothing.
-    hub = hub_with({"a": ["c1", "c2"]}, max_chats=2)
-    hub.subscribe("a", "c3")
+    hub, recs = hub_with({"a": ["c1", "c2"]}, max_chats=2)
+    hub.subscribe(recs["a"], "c3")
     for chat_id in ("c1", "c2", "c3"):
         assert list(hub.subscribers(chat_id)) == ["a"], chat_id
-    assert list(hub.targets(Message(chat_id="c3", text="t"))) == ["a"]
+    assert hub.publish("c3", 1, b"t") == 1
 
 
-def test_idle_chat_is_forgotten_when_its_last_subscriber_leaves() -> None:
-    hub = hub_with({"a": ["quiet", "stateful"]})
-    hub.targets(GoalState(chat_id="stateful", goal_state={"g": 1}))
-    hub.unregister("a")
-    assert "quiet" not in hub.chats
-    assert hub.hydration("stateful") == [
-        GoalState(chat_id="stateful", goal_state={"g": 1})
-    ]
+def test_a_chat_is_forgotten_when_its_last_subscriber_leaves() -> None:
+    # Its state is the store's (ChannelBackend.load_chat brings it back);
+    # only a running turn keeps a chat with nobody watching.
+    hub, recs = hub_with({"a": ["quiet", "stateful", "busy"]})
+    hub.observe(GoalState(chat_id="stateful", goal_state={"g": 1}))
+    hub.observe(GoalStatus(chat_id="busy", status="running", started_at=1.0))
+    hub.unregister(recs["a"])
+    assert set(hub.chats) == {"busy"}
+    hub.observe(GoalStatus(chat_id="busy", status="idle"))
+    assert hub.chats == {}

@@ -154,8 +154,8 @@ def test_event_types_are_bounded():
 
 def test_store_flush_histogram():
     m = ChannelMetrics()
-    m.store_flushed(0.002)
-    m.store_flushed(0.3)
+    m.store_flushed(0.002, 3)
+    m.store_flushed(0.3, 1)
     name = "trio_channel_store_flush_seconds"
     assert value(m, f"{name}_count") == 2
     assert value(m, f"{name}_sum") == pytest.approx(0.302)

@@ -31,6 +31,7 @@ from trio_channel.core.events import (
 from trio_channel.core.protocol import (
     Attach,
     ChatMessage,
+    Envelope,
     LegacyContent,
     NewChat,
     SetWorkspaceScope,
@@ -237,7 +238,7 @@ def test_blank_string_content_is_left_to_step_six() -> None:
         (0, 0),
         (7, 7),
         (2**40, 2**40),
-        (-1, None),
+        (2**63 - 1, 2**63 - 1),
         (True, None),
         (False, None),
         (1.0, None),
@@ -283,9 +284,18 @@ def test_extreme_nesting_never_raises(text: str, parsed: object) -> None:
         # Numbers JSON allows but no float/int64 holds: still a typed envelope.
         ('{"type":"attach","chat_id":"c1","since_seq":1e999}', Attach("c1", None)),
         ('{"type":"attach","chat_id":"c1","since_seq":-1e999}', Attach("c1", None)),
+        # PROTOCOL 3: a seq outside 0..2^63-1 is refused, never stored.
         (
             '{"type":"attach","chat_id":"c1","since_seq":' + "9" * 40 + "}",
-            Attach("c1", 10**40 - 1),
+            Error(detail="invalid since_seq", chat_id="c1"),
+        ),
+        (
+            '{"type":"attach","chat_id":"c1","since_seq":9223372036854775808}',
+            Error(detail="invalid since_seq", chat_id="c1"),
+        ),
+        (
+            '{"type":"attach","chat_id":"c1","since_seq":-1}',
+            Error(detail="invalid since_seq", chat_id="c1"),
         ),
         ('{"type":"new_chat","junk":1e999}', NewChat(msgspec.UNSET)),
         ('{"content": 1e999, "text": "t"}', LegacyContent("t")),
@@ -308,18 +318,25 @@ def test_huge_number_in_media_is_still_a_message() -> None:
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [
-        ("\ud800", LegacyContent("\ud800")),
-        ("hi \udcff there", LegacyContent("hi \udcff there")),
-        ('{"content": "\ud800"}', LegacyContent("\ud800")),
-        ('{"type": "\udc00"}', Error(detail="unknown type: " + repr("\udc00"))),
-        # escaped surrogates are valid JSON text
-        ('{"text": "\\ud800"}', LegacyContent("\ud800")),
+        ("\ud800", LegacyContent("\ufffd")),
+        ("hi \udcff there", LegacyContent("hi \ufffd there")),
+        ('{"content": "\ud800"}', LegacyContent("\ufffd")),
+        ('{"type": "\udc00"}', Error(detail="unknown type: '\ufffd'")),
+        # escaped surrogates are valid JSON text: decoded, then replaced
+        ('{"text": "\\ud800"}', LegacyContent("\ufffd")),
+        ('{"content": "a\\udc00b\\ud83d\\ude00"}', LegacyContent("a\ufffdb\U0001f600")),
+        (
+            '{"type":"message","chat_id":"c","content":"x\\ud800","\\udfff":1}',
+            ChatMessage("c", "x\ufffd", Envelope(type="message", chat_id="c", content="x\ufffd")),
+        ),
     ],
 )
-def test_lone_surrogates_never_raise(text: str, parsed: object) -> None:
-    # A str that cannot be encoded as UTF-8 must not raise: parsed like
-    # Python's json would, or treated as "not valid JSON" (3.1).
-    assert parse_frame(text) in (parsed, LegacyContent(text.strip()))
+def test_lone_surrogates_become_replacement_characters(text: str, parsed: object) -> None:
+    # PROTOCOL 3: before anything else sees the frame, so nothing downstream
+    # (store, logs, the wire) can fail to encode it.
+    result = parse_frame(text)
+    assert result == parsed
+    msgspec.json.encode(result.content if hasattr(result, "content") else result.detail)
 
 
 # --- section 4: encoding --------------------------------------------------------

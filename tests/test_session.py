@@ -26,7 +26,7 @@ from trio_channel.core.events import (
 from trio_channel.core.hub import ChatHub
 from trio_channel.core.protocol import valid_chat_id
 from trio_channel.core.scope import NOT_AN_OBJECT, TOO_LARGE, DefaultScopePolicy
-from trio_channel.core.session import ClientSession, Effects, NeedsMedia, Peer
+from trio_channel.core.session import ChatLog, ClientSession, Effects, NeedsMedia, Peer
 
 WALL = 1_700_000_000.25
 LOCAL = Peer("127.0.0.1", 5000)
@@ -38,16 +38,31 @@ LOCALHOST_ONLY = "workspace controls are localhost-only"
 META = {"remote": "127.0.0.1:5000", "streaming": True}
 
 
+class Sub(str):
+    """A hub subscriber that compares equal to its name; counts catch-ups."""
+
+    behind: list[str]
+
+    def deliver(self, frame: bytes) -> bool:
+        return True
+
+    def fell_behind(self, chat_id: str) -> None:
+        self.__dict__.setdefault("behind", []).append(chat_id)
+
+
 def make(peer: Peer = LOCAL, *, start: bool = True, **kw: Any) -> ClientSession:
     """A session (default chat HOME; None: a fresh uuid4), started unless told."""
     if (default_chat := kw.pop("default_chat", HOME)) is not None:
         kw["default_chat"] = default_chat
+    cfg = kw.pop("cfg", None) or ChannelConfig()
     session = ClientSession(
         hub=kw.pop("hub", None) or ChatHub(),
-        key=kw.pop("key", "conn-1"),
+        key=Sub(kw.pop("key", "conn-1")),
         client_id=kw.pop("client_id", "alice"),
         peer=peer,
-        cfg=kw.pop("cfg", None) or ChannelConfig(),
+        allow_from=cfg.allow_from,
+        streaming=cfg.streaming,
+        rate_limit=cfg.rate_limit,
         scope_policy=DefaultScopePolicy(),
         wall_clock=lambda: WALL,
         **kw,
@@ -57,11 +72,24 @@ def make(peer: Peer = LOCAL, *, start: bool = True, **kw: Any) -> ClientSession:
     return session
 
 
+def on_frame(
+    session: ClientSession, raw: str, now: float = 0.0, log: ChatLog | None = None
+) -> Effects | NeedsMedia:
+    """What the connection does with one frame: parse, then handle."""
+    request = session.parse(raw, now)
+    if isinstance(request, list):
+        return Effects(request)
+    return session.handle(request, log)
+
+
 def send(
-    session: ClientSession, text: str | dict[str, Any], now: float = 0.0
+    session: ClientSession,
+    text: str | dict[str, Any],
+    now: float = 0.0,
+    log: ChatLog | None = None,
 ) -> Effects:
     raw = text if isinstance(text, str) else json.dumps(text)
-    effects = session.on_frame(raw, now)
+    effects = on_frame(session, raw, now, log)
     assert isinstance(effects, Effects)
     return effects
 
@@ -77,7 +105,7 @@ def set_scope(chat_id: str, scope: Any) -> dict[str, Any]:
 def run_turn(
     hub: ChatHub[Any], chat_id: str, started_at: float = 1_700_000_000.5
 ) -> None:
-    hub.targets(GoalStatus(chat_id=chat_id, status="running", started_at=started_at))
+    hub.observe(GoalStatus(chat_id=chat_id, status="running", started_at=started_at))
 
 
 def inbound(
@@ -108,7 +136,7 @@ def test_start_sends_ready_then_registers_and_subscribes() -> None:
 
 def test_start_hydrates_after_ready() -> None:
     hub: ChatHub[Any] = ChatHub()
-    hub.targets(GoalState(chat_id=HOME, goal_state={"objective": "ship"}))
+    hub.observe(GoalState(chat_id=HOME, goal_state={"objective": "ship"}))
     run_turn(hub, HOME, 12.5)
     assert make(hub=hub, start=False).start() == [
         Ready(chat_id=HOME, client_id="alice"),
@@ -213,7 +241,7 @@ def test_no_media_and_blank_content(content: str, media: list[Any] | None) -> No
 )
 def test_media_present_needs_media(media: object) -> None:
     session = make()
-    result = session.on_frame(json.dumps(msg(content="  ", media=media)), 0.0)
+    result = on_frame(session, json.dumps(msg(content="  ", media=media)), 0.0)
     assert isinstance(result, NeedsMedia)
     assert (result.request.chat_id, result.request.content) == ("c1", "  ")
     # once saved, blank content is fine (step 6) and the agent gets the paths
@@ -240,7 +268,7 @@ def test_allow_list_is_checked_per_message(
 ) -> None:
     session = make(cfg=ChannelConfig(allow_from=allow_from), client_id=client_id)
     raw = frame if isinstance(frame, str) else json.dumps(frame)
-    result = session.on_frame(raw, 0.0)
+    result = on_frame(session, raw, 0.0)
     if admitted:  # on to the media step, or straight to the agent
         assert isinstance(result, NeedsMedia) is ("media" in raw)
         assert isinstance(result, NeedsMedia) or result.deliver is not None
@@ -253,7 +281,7 @@ def test_allow_list_is_checked_per_message(
 
 def test_message_hydrates_only_when_newly_subscribed() -> None:
     hub: ChatHub[Any] = ChatHub()
-    hub.targets(GoalState(chat_id="c1", goal_state={"g": 1}))
+    hub.observe(GoalState(chat_id="c1", goal_state={"g": 1}))
     run_turn(hub, "c1", 99.0)
     session = make(hub=hub)
     hydration = [
@@ -271,13 +299,13 @@ def test_message_hydrates_only_when_newly_subscribed() -> None:
 
 def test_attach_replies_attached_then_hydrates() -> None:
     hub: ChatHub[Any] = ChatHub()
-    hub.targets(GoalState(chat_id="c1", goal_state={"objective": "x"}))
+    hub.observe(GoalState(chat_id="c1", goal_state={"objective": "x"}))
     run_turn(hub, "c1", 1_700_000_000.5)
     session = make(hub=hub)
     effects = send(session, {"type": "attach", "chat_id": "c1"})
     assert effects == Effects(
         [
-            Attached(chat_id="c1"),
+            Attached(chat_id="c1", last_seq=0),
             GoalState(chat_id="c1", goal_state={"objective": "x"}),
             GoalStatus(chat_id="c1", status="running", started_at=1_700_000_000.5),
         ]
@@ -286,14 +314,14 @@ def test_attach_replies_attached_then_hydrates() -> None:
         effects.replies[2]
     )
     assert list(hub.subscribers("c1")) == ["conn-1"]
-    hub.targets(GoalStatus(chat_id="c1", status="idle"))
+    hub.observe(GoalStatus(chat_id="c1", status="idle"))
     assert send(session, {"type": "attach", "chat_id": "c1"}).replies == [
-        Attached(chat_id="c1"),
+        Attached(chat_id="c1", last_seq=0),
         GoalState(chat_id="c1", goal_state={"objective": "x"}),
     ]
     # a chat with nothing going on: attached only
     quiet = send(session, {"type": "attach", "chat_id": "quiet"})
-    assert quiet == Effects([Attached(chat_id="quiet")])
+    assert quiet == Effects([Attached(chat_id="quiet", last_seq=0)])
 
 
 # --- new_chat and workspace scope --------------------------------------------------
@@ -349,7 +377,8 @@ def test_set_workspace_scope_reaches_the_agent() -> None:
     session = make()
     effects = send(session, set_scope("c1", SCOPE))
     assert effects == Effects(
-        [SessionUpdated(chat_id="c1", scope="metadata", workspace_scope=SCOPE)]
+        [SessionUpdated(chat_id="c1", scope="metadata", workspace_scope=SCOPE)],
+        scope_change=("c1", SCOPE),
     )
     delivered = send(session, msg("c1")).deliver
     assert delivered is not None
@@ -405,7 +434,7 @@ def test_scope_change_refused_while_the_turn_runs(kind: str) -> None:
         detail="workspace_scope_rejected", reason="chat_running", chat_id="c1"
     )
     assert send(session, frame) == Effects([rejected])
-    hub.targets(GoalStatus(chat_id="c1", status="idle"))
+    hub.observe(GoalStatus(chat_id="c1", status="idle"))
     effects = send(session, frame)
     assert rejected not in effects.replies
     assert hub.chats["c1"].workspace_scope == SCOPE

@@ -66,13 +66,9 @@ class BatchQueue(Generic[T]):
             self._producers.unpark_all()
         return batch
 
-    def drop(self, items: Iterable[T]) -> None:
-        """Remove these items (by identity) if they are still queued."""
-        unwanted = {id(item) for item in items}
-        kept = [item for item in self._items if id(item) not in unwanted]
-        self._items.clear()
-        self._items.extend(kept)
-        self._producers.unpark_all()
+    def put_back(self, items: Iterable[T]) -> None:
+        """Return taken ``items`` to the front, in order (a batch not done)."""
+        self._items.extendleft(reversed(list(items)))
 
     async def wait_for_items(self) -> None:
         """Return once something is queued (a checkpoint either way)."""

@@ -21,7 +21,7 @@ import attrs
 import msgspec
 
 from .events import Error
-from .textsafe import scrub
+from .textsafe import scrub, scrub_text
 
 CHAT_ID_RE = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -126,7 +126,7 @@ def parse_frame(text: str) -> Request | Error | None:
     Returns a request, a soft :class:`~trio_channel.events.Error` to send back
     to the sender, or None when the frame is to be ignored.
     """
-    stripped = text.strip()
+    stripped = scrub_text(text).strip()
     if not stripped:
         return None
     if not stripped.startswith("{"):

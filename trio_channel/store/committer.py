@@ -165,6 +165,11 @@ class GroupCommitter:
         self._busy = True
         try:
             results = await self._write_until_stored(batch)
+        except BaseException:
+            # Cancelled mid-write: the batch goes back to the front, and the
+            # final flush stores it (appends are idempotent by event id).
+            self._queue.put_back(item for item in batch if item.error is None)
+            raise
         finally:
             self._busy = False
         for item, result in zip(batch, results, strict=True):

@@ -471,9 +471,13 @@ class WsConnection:
         else:
             self.catching_up[chat_id] = None
 
-    def _handed_over(self, chat_id: str, with_scope: bool) -> None:
-        """Live again: the chat's current state, computed now (PROTOCOL 4)."""
+    def _handed_over(self, chat_id: str, fell_behind: bool) -> None:
+        """Live again: the chat's current state, computed now (PROTOCOL 3.4, 4).
+
+        After falling behind while live, the client may have missed status
+        events: it gets the whole state (scope, goal, running or idle).
+        """
         hub = self.backend.hub
         self.send_events(
-            hub.hydration(chat_id, after_catch_up=True, with_scope=with_scope)
+            hub.hydration(chat_id, after_catch_up=fell_behind, with_scope=fell_behind)
         )

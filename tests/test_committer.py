@@ -1,0 +1,197 @@
+"""Group commit: batches, order of callbacks, failures, degraded state, shutdown.
+
+A fake store records each batch and fails on demand; time is MockClock's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from trio_channel.store.base import (
+    AppendEvent,
+    AppendUserMessage,
+    Appended,
+    StoreError,
+    StoreOp,
+    StoreResult,
+    StoredUserMessage,
+)
+from trio_channel.store.committer import GroupCommitter, StoreUnavailable
+
+
+@attrs.define(slots=False)
+class FakeStore:
+    description: str = "fake"
+    batches: list[list[StoreOp]] = attrs.field(factory=list)
+    #: Errors raised by the next writes, in turn.
+    failures: list[StoreError] = attrs.field(factory=list)
+    write_time: float = 0.01
+    seq: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
+        await trio.sleep(self.write_time)
+        if self.failures:
+            raise self.failures.pop(0)
+        self.batches.append(list(ops))
+        results: list[StoreResult] = []
+        for op in ops:
+            if isinstance(op, AppendEvent):
+                self.seq += 1
+                results.append(Appended(self.seq, "e", op.payload))
+            else:
+                results.append(StoredUserMessage(self.seq, "e"))
+        return results
+
+
+def ev(n: int) -> AppendEvent:
+    return AppendEvent("c", f"id{n}", b'{"n":%d}' % n, at=0.0)
+
+
+def user(text: str = "hi") -> AppendUserMessage:
+    return AppendUserMessage("c", 0.0, "me", text)
+
+
+FULL = StoreError("database or disk is full", transient=False)
+BUSY = StoreError("database is locked", transient=True)
+
+
+@pytest.fixture
+async def running(nursery: trio.Nursery) -> tuple[FakeStore, GroupCommitter, list[object]]:
+    store = FakeStore()
+    health: list[object] = []
+    committer = GroupCommitter(store, capacity=100, on_health=health.append)
+    await nursery.start(lambda task_status: committer.run(flush_timeout_s=1.0, task_status=task_status))
+    return store, committer, health
+
+
+async def test_what_queues_during_a_commit_is_the_next_batch(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    done: list[int] = []
+    committer.submit(ev(1), lambda r: done.append(r.seq))  # type: ignore[union-attr]
+    await trio.testing.wait_all_tasks_blocked()  # the first commit is under way
+    for n in range(2, 6):
+        committer.submit(ev(n), lambda r: done.append(r.seq))  # type: ignore[union-attr]
+    assert not committer.idle
+    await trio.sleep(1)
+    assert [len(b) for b in store.batches] == [1, 4]
+    assert done == [1, 2, 3, 4, 5]
+    assert committer.idle
+
+
+async def test_after_runs_behind_what_was_queued_before_it(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    order: list[str] = []
+    committer.submit(ev(1), lambda r: order.append("stored 1"))
+    committer.after(lambda: order.append("status"))
+    committer.submit(ev(2), lambda r: order.append("stored 2"))
+    await trio.sleep(1)
+    assert order == ["stored 1", "status", "stored 2"]
+
+
+async def test_write_waits_until_stored(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    start = trio.current_time()
+    result = await committer.write(user())
+    assert isinstance(result, StoredUserMessage)
+    assert trio.current_time() - start == pytest.approx(0.01)
+    assert store.batches == [[user()]]
+
+
+async def test_transient_errors_are_retried_without_fuss(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, health = running
+    store.failures = [BUSY, BUSY]
+    assert isinstance(await committer.write(user()), StoredUserMessage)
+    assert health == [] and committer.degraded_reason is None
+
+
+async def test_a_persistent_error_degrades_refuses_waiters_and_keeps_events(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, health = running
+    store.failures = [FULL] * 20
+    stored: list[int] = []
+    committer.submit(ev(1), lambda r: stored.append(r.seq))  # type: ignore[union-attr]
+    with pytest.raises(StoreUnavailable):
+        await committer.write(user("waiting when it broke"))
+    assert health == ["database or disk is full"]
+    with pytest.raises(StoreUnavailable):
+        await committer.write(user("sent while degraded"))  # at once
+    assert stored == []
+    # The event is retried until the store takes it again.
+    await trio.sleep(60)
+    assert stored == [1]
+    assert health[-1] is None and committer.degraded_reason is None
+    flat = [op for batch in store.batches for op in batch]
+    assert flat == [ev(1)]  # neither user message was stored
+    assert isinstance(await committer.write(user()), StoredUserMessage)
+
+
+async def test_a_bug_in_the_store_is_a_loud_degraded_state(
+    autojump_clock: trio.testing.MockClock, running, caplog
+) -> None:
+    store, committer, health = running
+
+    async def broken(ops: Sequence[StoreOp]) -> list[StoreResult]:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("oops")
+
+    store.write = broken  # type: ignore[method-assign]
+    committer.submit(ev(1))
+    await trio.sleep(1)
+    assert health == ["internal error: RuntimeError('oops')"]
+    assert "the session store failed unexpectedly" in caplog.text
+
+
+async def test_back_pressure(autojump_clock: trio.testing.MockClock, nursery) -> None:
+    store = FakeStore(write_time=1.0)
+    committer = GroupCommitter(store, capacity=3)
+    nursery.start_soon(lambda: committer.run(flush_timeout_s=1.0))
+    for n in range(3):
+        committer.submit(ev(n))
+    assert committer.full
+    start = trio.current_time()
+    await committer.wait_for_room()
+    assert trio.current_time() == start  # the committer took the batch at once
+    assert not committer.full
+
+
+async def test_shutdown_flushes_within_its_deadline(
+    autojump_clock: trio.testing.MockClock, caplog
+) -> None:
+    store = FakeStore(write_time=0.5)
+    committer = GroupCommitter(store)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: committer.run(flush_timeout_s=2.0))
+        await trio.testing.wait_all_tasks_blocked()
+        committer.submit(ev(1))
+        committer.submit(ev(2))
+        nursery.cancel_scope.cancel()
+    assert [op for batch in store.batches for op in batch] == [ev(1), ev(2)]
+    # A store that never recovers: the flush gives up at the deadline.
+    broken = FakeStore(failures=[FULL] * 1000)
+    committer = GroupCommitter(broken)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: committer.run(flush_timeout_s=2.0))
+        committer.submit(ev(3))
+        await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start <= 2.1
+    assert "1 store writes were still failing" in caplog.text

@@ -1,0 +1,174 @@
+"""What only the SQLite store does: a file that survives, atomic batches,
+a full disk, a corrupt file, the first release's schema, a bounded cache.
+
+The behaviour every store shares is in ``test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from trio_channel.store.base import (
+    AppendEvent,
+    AppendUserMessage,
+    Appended,
+    StoreError,
+    UpdateChat,
+)
+from trio_channel.store.sqlite import SqliteStore
+
+
+def event(chat_id: str, text: str, n: int) -> AppendEvent:
+    payload = msgspec.json.encode({"event": "message", "chat_id": chat_id, "text": text})
+    return AppendEvent(chat_id, f"t:{n:08x}", payload, at=float(n), text=text)
+
+
+async def run(store: SqliteStore, nursery: trio.Nursery) -> SqliteStore:
+    await nursery.start(store.run)
+    return store
+
+
+async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with trio.open_nursery() as nursery:
+        store = await run(SqliteStore(path), nursery)
+        (first,) = await store.write([event("c", "one", 1)])
+        await store.write(
+            [
+                AppendUserMessage("c", 2.0, "alice", "hi", ("/m/x.png",), "turn-1"),
+                UpdateChat("c", 2.0, goal_state={"g": 1}, workspace_scope={"w": 1}),
+            ]
+        )
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        store = await run(SqliteStore(path), nursery)
+        page = await store.read_events("c", 0, 10)
+        assert isinstance(first, Appended)
+        assert page.events == [(1, first.payload)] and page.epoch == first.epoch
+        meta = await store.chat("c")
+        assert meta is not None
+        assert (meta.goal_state, meta.workspace_scope, meta.title) == (
+            {"g": 1},
+            {"w": 1},
+            "hi",
+        )
+        (message,) = await store.user_messages("c")
+        assert (message.media, message.turn_id) == (("/m/x.png",), "turn-1")
+        (second,) = await store.write([event("c", "two", 2)])
+        assert isinstance(second, Appended) and second.seq == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_batch_leaves_nothing_and_uses_no_seq(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    store = await run(SqliteStore(tmp_path / "s.sqlite3"), nursery)
+    await store.write([event("c", "kept", 1)])
+    bad = UpdateChat("c", 3.0, goal_state={"x": object()})  # cannot be stored
+    with pytest.raises(TypeError):
+        await store.write([event("c", "lost", 2), event("d", "lost", 3), bad])
+    assert [seq for seq, _ in (await store.read_events("c", 0, 10)).events] == [1]
+    assert await store.chat("d") is None
+    (again,) = await store.write([event("c", "next", 4)])
+    assert isinstance(again, Appended) and again.seq == 2
+
+
+async def test_a_full_disk_is_a_persistent_error_and_a_retry_works(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    store = await run(SqliteStore(tmp_path / "s.sqlite3"), nursery)
+    await store.write([event("c", "small", 1)])
+    # White box: cap the file at its current size, as a full disk would.
+    writer = store._writer
+    assert writer is not None
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count = {pages}")
+    batch = [event("c", "x" * 20_000, n) for n in range(10, 40)]
+    with pytest.raises(StoreError) as failed:
+        await store.write(batch)
+    assert not failed.value.transient
+    assert "full" in str(failed.value)
+    writer.execute("PRAGMA max_page_count = 1073741823")
+    stored = await store.write(batch)
+    assert [r.seq for r in stored if isinstance(r, Appended)] == list(range(2, 32))
+
+
+async def test_a_corrupt_file_is_named(tmp_path: Path, nursery: trio.Nursery) -> None:
+    path = tmp_path / "sessions.sqlite3"
+    path.write_bytes(b"this is not a database, " * 100)
+    with pytest.raises(StoreError) as failed:
+        await nursery.start(SqliteStore(path).run)
+    assert str(path) in str(failed.value)
+    assert not failed.value.transient
+
+
+async def test_the_cache_is_bounded_and_misses_read_the_file(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    store = await run(SqliteStore(tmp_path / "s.sqlite3", cache_rows=3), nursery)
+    for n in range(10):
+        await store.write([event(f"c{n}", "x", n), event(f"c{n}", "y", 100 + n)])
+    assert len(store._rows) == 3
+    meta = await store.chat("c0")  # long evicted
+    assert meta is not None and meta.last_seq == 2
+    (third,) = await store.write([event("c0", "z", 999)])
+    assert isinstance(third, Appended) and third.seq == 3
+
+
+async def test_synchronous_full_is_applied(tmp_path: Path, nursery: trio.Nursery) -> None:
+    store = await run(SqliteStore(tmp_path / "s.sqlite3", synchronous="full"), nursery)
+    writer = store._writer
+    assert writer is not None
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert "synchronous=full" in store.description
+
+
+V1_SCHEMA = """
+CREATE TABLE chats (chat_id TEXT PRIMARY KEY, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, workspace_scope TEXT, goal_state TEXT,
+    first_seq INTEGER NOT NULL DEFAULT 1, last_seq INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE events (chat_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (chat_id, seq),
+    UNIQUE (chat_id, event_id)) WITHOUT ROWID;
+CREATE TABLE user_messages (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id TEXT NOT NULL, after_seq INTEGER NOT NULL, at REAL NOT NULL,
+    client_id TEXT NOT NULL, content TEXT NOT NULL, media TEXT NOT NULL);
+CREATE INDEX user_messages_by_chat ON user_messages (chat_id, id);
+"""
+
+
+async def test_the_first_releases_file_is_migrated(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "sessions.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.execute("INSERT INTO chats VALUES ('c', 1.0, 5.0, '{\"w\":1}', NULL, 2, 3, 0)")
+    db.execute("INSERT INTO chats VALUES ('gone', 1.0, 2.0, NULL, NULL, 8, 7, 1)")
+    for seq in (2, 3):
+        payload = b'{"event":"message","chat_id":"c","text":"t","seq":%d}' % seq
+        db.execute("INSERT INTO events VALUES ('c', ?, ?, ?)", (seq, f"n:{seq}", payload))
+    db.execute(
+        "INSERT INTO user_messages (chat_id, after_seq, at, client_id, content, media)"
+        " VALUES ('c', 1, 4.0, 'alice', 'hello there', '[]')"
+    )
+    db.commit()
+    db.close()
+    store = await run(SqliteStore(path), nursery)
+    meta = await store.chat("c")
+    assert meta is not None
+    assert (meta.first_seq, meta.last_seq, meta.workspace_scope) == (2, 3, {"w": 1})
+    assert meta.title == "hello there" and meta.epoch
+    page = await store.read_events("c", 0, 10)
+    assert [seq for seq, _ in page.events] == [2, 3]
+    assert [m.content for m in await store.user_messages("c")] == ["hello there"]
+    assert await store.chat("gone") is None
+    (next_event,) = await store.write([event("c", "new", 9)])
+    assert isinstance(next_event, Appended) and next_event.seq == 4
