@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -514,7 +514,9 @@ async def test_messages_interleave_user_messages(app, store, media_root):
     await store.append_user_message("c", "alice", "first", ())
     await store.append_event("c", event("c", "e1"))
     await store.append_event("c", event("c", "e2"))
-    await store.append_user_message("c", "alice", "look", (str(photo), "/elsewhere/x.png"))
+    await store.append_user_message(
+        "c", "alice", "look", (str(photo), "/elsewhere/x.png")
+    )
     await store.append_event("c", event("c", "e3"))
     await store.append_user_message("c", "bob", "last", ())
     reply = await _history(app, "websocket%3Ac")

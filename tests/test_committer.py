@@ -13,13 +13,13 @@ import trio
 import trio.testing
 
 from trio_channel.store.base import (
+    Appended,
     AppendEvent,
     AppendUserMessage,
-    Appended,
+    StoredUserMessage,
     StoreError,
     StoreOp,
     StoreResult,
-    StoredUserMessage,
 )
 from trio_channel.store.committer import GroupCommitter, StoreUnavailable
 
@@ -65,11 +65,15 @@ BUSY = StoreError("database is locked", transient=True)
 
 
 @pytest.fixture
-async def running(nursery: trio.Nursery) -> tuple[FakeStore, GroupCommitter, list[object]]:
+async def running(
+    nursery: trio.Nursery,
+) -> tuple[FakeStore, GroupCommitter, list[object]]:
     store = FakeStore()
     health: list[object] = []
     committer = GroupCommitter(store, capacity=100, on_health=health.append)
-    await nursery.start(lambda task_status: committer.run(flush_timeout_s=1.0, task_status=task_status))
+    await nursery.start(
+        lambda task_status: committer.run(flush_timeout_s=1.0, task_status=task_status)
+    )
     return store, committer, health
 
 
@@ -92,7 +96,7 @@ async def test_what_queues_during_a_commit_is_the_next_batch(
 async def test_after_runs_behind_what_was_queued_before_it(
     autojump_clock: trio.testing.MockClock, running
 ) -> None:
-    store, committer, _ = running
+    _store, committer, _ = running
     order: list[str] = []
     committer.submit(ev(1), lambda r: order.append("stored 1"))
     committer.after(lambda: order.append("status"))

@@ -56,7 +56,11 @@ CASES: list[tuple[list[str], str, object]] = [
         "allowed_hosts",
         ("chat.lan", "box"),
     ),
-    (["--allowed-origin", "https://a.example"], "allowed_origins", ("https://a.example",)),
+    (
+        ["--allowed-origin", "https://a.example"],
+        "allowed_origins",
+        ("https://a.example",),
+    ),
 ]
 
 

@@ -57,7 +57,9 @@ async def test_accept_answers_101_and_hands_early_bytes_to_wsproto():
     assert b"\r\nSec-WebSocket-Accept: " + expected + b"\r\n" in response
     assert b"sec-websocket-extensions" not in response.lower()
     events = list(ws.events())
-    assert events == [TextMessage(data="hi", frame_finished=True, message_finished=True)]
+    assert events == [
+        TextMessage(data="hi", frame_finished=True, message_finished=True)
+    ]
 
 
 @pytest.mark.parametrize(

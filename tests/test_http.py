@@ -150,4 +150,6 @@ def test_the_token_route_without_a_secret_answers_only_our_own_host(
     tokens = IssuedTokenStore(ttl_s=300)
     assert issue_token(_head("/t", Host=host), cfg, tokens, 0.0).status == status
     # On a unix socket no browser can reach us: no Host check.
-    assert issue_token(_head("/t", Host=host), cfg, tokens, 0.0, tcp=False).status == 200
+    assert (
+        issue_token(_head("/t", Host=host), cfg, tokens, 0.0, tcp=False).status == 200
+    )

@@ -45,7 +45,9 @@ class Rec(str):
         self.behind.append(chat_id)  # type: ignore[attr-defined]
 
 
-def hub_with(subs: dict[str, list[str]], **kw: Any) -> tuple[ChatHub[Rec], dict[str, Rec]]:
+def hub_with(
+    subs: dict[str, list[str]], **kw: Any
+) -> tuple[ChatHub[Rec], dict[str, Rec]]:
     """Register each connection in order, then subscribe it to its chats."""
     hub: ChatHub[Rec] = ChatHub(**kw)
     recs = {name: Rec(name) for name in subs}
@@ -108,7 +110,7 @@ def test_a_chat_nobody_watches_is_not_created_by_a_publish() -> None:
 
 
 def test_a_subscriber_joins_after_what_was_published() -> None:
-    hub, recs = hub_with({"a": ["x"]})
+    hub, _recs = hub_with({"a": ["x"]})
     hub.publish("x", 1, b"1")
     late = Rec("late")
     hub.register(late)
@@ -143,7 +145,7 @@ def test_broadcast_goes_to_live_subscribers_but_the_sender() -> None:
 
 
 def test_runtime_model_updated_goes_to_every_connection() -> None:
-    hub, recs = hub_with({"a": ["x"], "b": [], "c": ["y", "x"]})
+    hub, _recs = hub_with({"a": ["x"], "b": [], "c": ["y", "x"]})
     hub.observe(RuntimeModelUpdated(model_name="gpt-x", model_preset="fast"))
     assert hub.broadcast_all(b"model") == 3
     assert hub.model_name == "gpt-x"

@@ -327,11 +327,15 @@ def test_huge_number_in_media_is_still_a_message() -> None:
         ('{"content": "a\\udc00b\\ud83d\\ude00"}', LegacyContent("a\ufffdb\U0001f600")),
         (
             '{"type":"message","chat_id":"c","content":"x\\ud800","\\udfff":1}',
-            ChatMessage("c", "x\ufffd", Envelope(type="message", chat_id="c", content="x\ufffd")),
+            ChatMessage(
+                "c", "x\ufffd", Envelope(type="message", chat_id="c", content="x\ufffd")
+            ),
         ),
     ],
 )
-def test_lone_surrogates_become_replacement_characters(text: str, parsed: object) -> None:
+def test_lone_surrogates_become_replacement_characters(
+    text: str, parsed: object
+) -> None:
     # PROTOCOL 3: before anything else sees the frame, so nothing downstream
     # (store, logs, the wire) can fail to encode it.
     result = parse_frame(text)

@@ -319,7 +319,9 @@ async def test_a_bad_agent_event_is_dropped_and_logged(autojump_clock, caplog):
             await server.agent.outbound.send({"not": "an event"})  # type: ignore[arg-type]
             await server.agent.outbound.send(TurnEnd(chat_id=chat_id, latency_ms=3))
             assert (await client.recv())["event"] == "turn_end"
-        assert "dropping a 'dict' event from the agent: not an agent event" in caplog.text
+        assert (
+            "dropping a 'dict' event from the agent: not an agent event" in caplog.text
+        )
 
 
 async def test_metrics_show_what_happened(autojump_clock):

@@ -9,10 +9,11 @@ messages, metadata.
 from __future__ import annotations
 
 import msgspec
+
 from trio_channel.store.base import (
+    Appended,
     AppendEvent,
     AppendUserMessage,
-    Appended,
     ChatMeta,
     DeleteChat,
     SessionStore,
@@ -27,7 +28,9 @@ _ids = iter(range(10**9))
 def event(
     chat_id: str, text: str = "x", *, event_id: str | None = None, at: float = 5.5
 ) -> AppendEvent:
-    payload = msgspec.json.encode({"event": "message", "chat_id": chat_id, "text": text})
+    payload = msgspec.json.encode(
+        {"event": "message", "chat_id": chat_id, "text": text}
+    )
     return AppendEvent(
         chat_id,
         event_id or f"test:{next(_ids):012x}",
@@ -72,7 +75,9 @@ async def test_the_same_event_id_is_stored_once(store: SessionStore) -> None:
     op = event("d", "once", event_id="node:1")
     first = await append(store, op)
     again = await append(store, op, event("d", "next"))
-    same_batch = await append(store, event("d", "x", event_id="node:9"), event("d", "y", event_id="node:9"))
+    same_batch = await append(
+        store, event("d", "x", event_id="node:9"), event("d", "y", event_id="node:9")
+    )
     assert first[0].seq == again[0].seq == 1
     assert again[0].payload == first[0].payload
     assert again[1].seq == 2
@@ -137,7 +142,9 @@ async def test_user_messages_sit_after_the_last_event(store: SessionStore) -> No
     assert isinstance(later, StoredUserMessage) and later.after_seq == 2
     assert later.epoch == stored.epoch
     messages = await store.user_messages("u")
-    assert [(m.after_seq, m.client_id, m.content, m.media, m.turn_id) for m in messages] == [
+    assert [
+        (m.after_seq, m.client_id, m.content, m.media, m.turn_id) for m in messages
+    ] == [
         (0, "alice", "  hello there  ", ("/m/a.png",), "t1"),
         (2, "bob", "again", (), None),
     ]
@@ -194,7 +201,7 @@ async def test_text_with_every_kind_of_character(store: SessionStore) -> None:
     text = "emoji 😀, NUL \x00, RTL \u202e, replacement \ufffd"
     (stored,) = await append(store, event("z", text))
     await store.write([AppendUserMessage("z", 1.0, "c", text)])
-    (seq, payload) = (await store.read_events("z", 0, 1)).events[0]
+    (_seq, payload) = (await store.read_events("z", 0, 1)).events[0]
     assert payload == stored.payload
     assert msgspec.json.decode(payload)["text"] == text
     assert (await store.user_messages("z"))[0].content == text

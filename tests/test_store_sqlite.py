@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from trio_channel.store.base import (
+    Appended,
     AppendEvent,
     AppendUserMessage,
-    Appended,
     StoreError,
     UpdateChat,
 )
@@ -24,7 +24,9 @@ from trio_channel.store.sqlite import SqliteStore
 
 
 def event(chat_id: str, text: str, n: int) -> AppendEvent:
-    payload = msgspec.json.encode({"event": "message", "chat_id": chat_id, "text": text})
+    payload = msgspec.json.encode(
+        {"event": "message", "chat_id": chat_id, "text": text}
+    )
     return AppendEvent(chat_id, f"t:{n:08x}", payload, at=float(n), text=text)
 
 
@@ -120,7 +122,9 @@ async def test_the_cache_is_bounded_and_misses_read_the_file(
     assert isinstance(third, Appended) and third.seq == 3
 
 
-async def test_synchronous_full_is_applied(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_synchronous_full_is_applied(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     store = await run(SqliteStore(tmp_path / "s.sqlite3", synchronous="full"), nursery)
     writer = store._writer
     assert writer is not None
@@ -154,7 +158,9 @@ async def test_the_first_releases_file_is_migrated(
     db.execute("INSERT INTO chats VALUES ('gone', 1.0, 2.0, NULL, NULL, 8, 7, 1)")
     for seq in (2, 3):
         payload = b'{"event":"message","chat_id":"c","text":"t","seq":%d}' % seq
-        db.execute("INSERT INTO events VALUES ('c', ?, ?, ?)", (seq, f"n:{seq}", payload))
+        db.execute(
+            "INSERT INTO events VALUES ('c', ?, ?, ?)", (seq, f"n:{seq}", payload)
+        )
     db.execute(
         "INSERT INTO user_messages (chat_id, after_seq, at, client_id, content, media)"
         " VALUES ('c', 1, 4.0, 'alice', 'hello there', '[]')"

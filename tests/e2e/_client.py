@@ -136,6 +136,27 @@ def assert_echo_turn(
     assert_seqs(frames, first_seq)
 
 
+def attached(
+    ws: ClientConnection, chat_id: str, last_seq: int, *, has_log: bool = True
+) -> Frame:
+    """The next frame is ``attached`` for ``chat_id``, with the log's place.
+
+    A chat with a stored log names its epoch (PROTOCOL 5); one without has
+    none yet.
+    """
+    frame = recv(ws)
+    assert (frame["event"], frame["chat_id"], frame["last_seq"]) == (
+        "attached",
+        chat_id,
+        last_seq,
+    ), frame
+    if has_log:
+        assert isinstance(frame["epoch"], str) and frame["epoch"], frame
+    else:
+        assert "epoch" not in frame, frame
+    return frame
+
+
 def ready(ws: ClientConnection) -> Frame:
     """The first frame, checked to be a well-formed ``ready``."""
     frame = recv(ws)

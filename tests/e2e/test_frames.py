@@ -12,6 +12,7 @@ from ._client import (
     Frame,
     assert_echo_turn,
     assert_seqs,
+    attached,
     connect,
     echo,
     ready,
@@ -95,8 +96,9 @@ def test_new_chat_attaches_and_reports_the_scope(client):
     ws, default = client
     send(ws, {"type": "new_chat"})
     attached = recv(ws)
-    assert attached.keys() == {"event", "chat_id"}
-    assert attached["event"] == "attached"
+    # A new chat has no log yet: no epoch, last_seq 0 (PROTOCOL 5).
+    assert attached.keys() == {"event", "chat_id", "last_seq"}
+    assert (attached["event"], attached["last_seq"]) == ("attached", 0)
     chat = attached["chat_id"]
     assert chat != default
     assert recv(ws) == {
@@ -140,16 +142,26 @@ def test_attach_shares_a_chat_between_connections(daemon: Daemon):
         assert running["status"] == "running"
         # Attaching mid-turn hydrates: the same running status and start.
         send(two, {"type": "attach", "chat_id": chat})
-        assert recv(two) == {"event": "attached", "chat_id": chat}
+        attached(two, chat, 0)  # the user's message is stored: the log exists
         assert recv(two) == running
         rest = turn(one, chat)
         assert turn(two, chat) == rest
         assert_echo_turn([running, *rest], chat, "sleep:1 slow", first_seq=1)
-        # Either side's message reaches both, with the same seq.
-        for sender, text, first_seq in [(two, "from two", 3), (one, "from one", 5)]:
+        # Either side's message reaches both, with the same seq; the other
+        # side sees the user's message itself first (PROTOCOL 4).
+        for sender, other, text, first_seq in [
+            (two, one, "from two", 3),
+            (one, two, "from one", 5),
+        ]:
             send(sender, {"type": "message", "chat_id": chat, "content": text})
-            frames = turn(one, chat)
-            assert turn(two, chat) == frames
+            assert recv(other) == {
+                "event": "user_message",
+                "chat_id": chat,
+                "text": text,
+                "starts_turn": True,
+            }
+            frames = turn(sender, chat)
+            assert turn(other, chat) == frames
             assert_echo_turn(frames, chat, text, first_seq)
 
 
@@ -163,7 +175,7 @@ def test_set_workspace_scope_answers_the_sender_only(daemon: Daemon):
         ready(two)
         chat = "scoped-chat"
         send(two, {"type": "attach", "chat_id": chat})
-        assert recv(two) == {"event": "attached", "chat_id": chat}
+        attached(two, chat, 0, has_log=False)
         # Not while a turn is running.
         send(one, {"type": "message", "chat_id": chat, "content": "sleep:0.5 busy"})
         running = recv(one)
@@ -177,6 +189,7 @@ def test_set_workspace_scope_answers_the_sender_only(daemon: Daemon):
             "chat_id": chat,
         }
         assert turn(one, chat)[-1]["status"] == "idle"
+        assert recv(two)["event"] == "user_message"
         assert turn(two, chat)[0] == running
         send(one, {**change, "workspace_scope": scope})
         assert recv(one) == {
@@ -188,6 +201,7 @@ def test_set_workspace_scope_answers_the_sender_only(daemon: Daemon):
         # The other subscriber got no session_updated: its next frame is the
         # next turn, which the agent can only start after the update.
         send(one, {"type": "message", "chat_id": chat, "content": "after"})
+        assert recv(two)["text"] == "after"  # the user's message
         assert_echo_turn(turn(two, chat), chat, "after", first_seq=3)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ._client import (
     Frame,
     assert_echo_turn,
+    attached,
     connect,
     ready,
     recv,
@@ -36,7 +37,7 @@ def test_attach_since_seq_replays_then_goes_live(spawn_daemon: DaemonFactory):
     with connect(daemon.ws_url("client_id=second")) as ws:
         ready(ws)
         send(ws, {"type": "attach", "chat_id": chat, "since_seq": 1})
-        assert recv(ws) == {"event": "attached", "chat_id": chat}
+        attached(ws, chat, 4)
         # Exactly what the first client saw after seq 1, in order.
         assert [recv(ws) for _ in seen[1:]] == seen[1:]
         send(ws, {"type": "message", "chat_id": chat, "content": "three"})
@@ -57,7 +58,7 @@ def test_history_and_seq_survive_a_restart(spawn_daemon: DaemonFactory, tmp_path
     with connect(second.ws_url("client_id=after")) as ws:
         ready(ws)
         send(ws, {"type": "attach", "chat_id": chat, "since_seq": 0})
-        assert recv(ws) == {"event": "attached", "chat_id": chat}
+        attached(ws, chat, 2)
         assert [recv(ws), recv(ws)] == _persisted(frames)
         send(ws, {"type": "message", "chat_id": chat, "content": "and me"})
         assert_echo_turn(turn(ws, chat), chat, "and me", first_seq=3)
