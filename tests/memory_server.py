@@ -15,10 +15,16 @@ from typing import Any
 
 import attrs
 import trio
+import trio.testing
 import trio_websocket
 
 from trio_channel.core.session import Peer
-from trio_channel.testing import LOOPBACK_PEER, InMemoryServer, serve_in_memory
+from trio_channel.testing import (
+    LOOPBACK_PEER,
+    InMemoryServer,
+    StreamPair,
+    serve_in_memory,
+)
 
 __all__ = ["LOOPBACK_PEER", "Client", "MemoryServer", "memory_server", "read_head"]
 
@@ -34,8 +40,10 @@ class MemoryServer:
     def hub(self) -> Any:
         return self.inner.channel.hub
 
-    async def ws(self, target: str = "/") -> Client:
-        return Client(await self.inner.connect(target))
+    async def ws(
+        self, target: str = "/", pair: StreamPair = trio.testing.memory_stream_pair
+    ) -> Client:
+        return Client(await self.inner.connect(target, pair))
 
 
 @attrs.define

@@ -37,6 +37,11 @@ class FakeStore:
         task_status.started()
         await trio.sleep_forever()
 
+    async def probe(self) -> None:
+        await trio.sleep(self.write_time)
+        if self.failures:
+            raise self.failures.pop(0)
+
     async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
         await trio.sleep(self.write_time)
         if self.failures:
@@ -144,6 +149,20 @@ async def test_a_persistent_error_degrades_refuses_waiters_and_keeps_events(
     assert health[-1] is None and committer.degraded_reason is None
     flat = [op for batch in store.batches for op in batch]
     assert flat == [ev(1)]  # neither user message was stored
+    assert isinstance(await committer.write(user()), StoredUserMessage)
+
+
+async def test_an_idle_degraded_store_is_probed_until_it_takes_writes(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, health = running
+    store.failures = [FULL] * 8
+    with pytest.raises(StoreUnavailable):
+        await committer.write(user())  # nothing else will ever be written
+    assert committer.degraded_reason is not None
+    await trio.sleep(30)  # probes use up the failures, then one succeeds
+    assert store.failures == []
+    assert committer.degraded_reason is None and health[-1] is None
     assert isinstance(await committer.write(user()), StoredUserMessage)
 
 

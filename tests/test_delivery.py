@@ -48,7 +48,11 @@ def test_catch_up_page_skips_what_was_sent_and_reports_truncation() -> None:
     cursor = Cursor(2, live=False)
     step = catch_up_page(cursor, "c", 5, [(5, b"e5"), (6, b"e6")], limit=2)
     assert step.notice == Error(detail=HISTORY_TRUNCATED, chat_id="c", first_seq=5)
-    assert (step.payloads, step.exhausted, cursor.next_seq) == ([b"e5", b"e6"], False, 7)
+    assert (step.payloads, step.exhausted, cursor.next_seq) == (
+        [b"e5", b"e6"],
+        False,
+        7,
+    )
     step = catch_up_page(cursor, "c", 5, [(6, b"e6"), (7, b"e7")], limit=3)
     assert (step.notice, step.payloads, step.exhausted) == (None, [b"e7"], True)
 
@@ -95,7 +99,9 @@ def test_catch_up_page_skips_what_was_sent_and_reports_truncation() -> None:
             Resume(
                 1,
                 replay=True,
-                notice=Error(detail=HISTORY_RESET, chat_id="c", epoch=None, first_seq=1),
+                notice=Error(
+                    detail=HISTORY_RESET, chat_id="c", epoch=None, first_seq=1
+                ),
             ),
         ),
     ],

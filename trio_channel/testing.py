@@ -32,6 +32,7 @@ from .config import ChannelConfig
 from .core.events import AgentEvent, InboundMessage
 from .core.session import Peer
 from .server import Channel
+from .store.base import SessionStore
 
 __all__ = ["LOOPBACK_PEER", "InMemoryServer", "MemoryListener", "serve_in_memory"]
 
@@ -88,9 +89,15 @@ class InMemoryServer:
     ) -> trio.abc.Stream:
         return await self.listener.connect(pair)
 
-    async def connect(self, target: str = "/") -> trio_websocket.WebSocketConnection:
-        """A trio-websocket client connection to ``target`` (path and query)."""
-        stream = await self.raw()
+    async def connect(
+        self, target: str = "/", pair: StreamPair = trio.testing.memory_stream_pair
+    ) -> trio_websocket.WebSocketConnection:
+        """A trio-websocket client connection to ``target`` (path and query).
+
+        With ``pair=trio.testing.lockstep_stream_pair`` the server's sends
+        wait until the client reads: a client as slow as the test makes it.
+        """
+        stream = await self.raw(pair)
         # trio-websocket types its stream narrowly but takes any trio Stream.
         return await trio_websocket.wrap_client_stream(
             self.nursery,
@@ -116,6 +123,7 @@ async def serve_in_memory(
     *,
     agent: Agent | None = None,
     peer: Peer = LOOPBACK_PEER,
+    store: SessionStore | None = None,
     **overrides: Any,
 ) -> AsyncIterator[InMemoryServer]:
     """Run a :class:`~trio_channel.Channel` on a :class:`MemoryListener`.
@@ -123,8 +131,9 @@ async def serve_in_memory(
     Without ``config``, one is made from ``overrides`` with token checks off,
     the memory store and a fresh temporary ``data_dir``. With ``agent``, it
     runs beside the channel; without, the test plays the agent through
-    :attr:`InMemoryServer.agent`. On exit the server stops first (clients get
-    1001, as on SIGTERM), then everything else is cancelled.
+    :attr:`InMemoryServer.agent`. ``store`` replaces the one the config
+    names (a test's own backend). On exit the server stops first (clients
+    get 1001, as on SIGTERM), then everything else is cancelled.
     """
     with tempfile.TemporaryDirectory() as data_dir:
         if config is None:
@@ -133,7 +142,8 @@ async def serve_in_memory(
             overrides.setdefault("data_dir", data_dir)
             config = ChannelConfig(**overrides)
         server_ends, agent_ends = open_bus(config.bus_capacity)
-        channel = Channel(config, server_ends, peer_of=lambda _stream: peer)
+        extra: dict[str, Any] = {} if store is None else {"store": store}
+        channel = Channel(config, server_ends, peer_of=lambda _stream: peer, **extra)
         listener = MemoryListener()
         serve_scope = trio.CancelScope()
         stopped = trio.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -54,7 +55,9 @@ def serve_command(data_dir: Path, *flags: str) -> list[str]:
 class Daemon:
     """A running daemon: ``url`` as logged, ``port`` (None on a unix socket)."""
 
-    def __init__(self, data_dir: Path, *flags: str) -> None:
+    def __init__(
+        self, data_dir: Path, *flags: str, file_size_limit: int | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.flags = flags
         self.proc = subprocess.Popen(
@@ -64,7 +67,12 @@ class Daemon:
             stderr=subprocess.PIPE,
             text=True,
             env=daemon_env(),
+            preexec_fn=None
+            if file_size_limit is None
+            else _limit_files(file_size_limit),
         )
+        #: Killed on purpose (kill -9): its exit status is not checked.
+        self.killed = False
         self._terminated = False
         self._lines: list[str] = []
         self._lines_lock = threading.Lock()
@@ -157,6 +165,11 @@ class Daemon:
         self.terminate()
         return self.wait()
 
+    def kill9(self) -> None:
+        """SIGKILL: the crash a durable store must survive."""
+        self.killed = True
+        self._kill()
+
     def _kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -172,16 +185,34 @@ class Daemon:
 DaemonFactory = Callable[..., Daemon]
 
 
+def _limit_files(size: int) -> Callable[[], None]:
+    """A preexec_fn: files the daemon writes cannot grow past ``size`` bytes
+    (a full disk, without root or a tmpfs; Python ignores SIGXFSZ, so a
+    write past it fails with EFBIG)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    return limit
+
+
 def _factory(make_dir: Callable[[], Path]) -> Iterator[DaemonFactory]:
     started: list[Daemon] = []
 
-    def spawn(*flags: str, data_dir: Path | None = None) -> Daemon:
-        daemon = Daemon(make_dir() if data_dir is None else data_dir, *flags)
+    def spawn(
+        *flags: str, data_dir: Path | None = None, file_size_limit: int | None = None
+    ) -> Daemon:
+        daemon = Daemon(
+            make_dir() if data_dir is None else data_dir,
+            *flags,
+            file_size_limit=file_size_limit,
+        )
         started.append(daemon)
         return daemon
 
     yield spawn
     failures = []
+    started = [daemon for daemon in started if not daemon.killed]
     for daemon in started:
         daemon.terminate()
     for daemon in started:

@@ -210,6 +210,13 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def probe(self) -> None:
+        """A small real write, to tell when a failing store takes writes again.
+
+        Raises :class:`StoreError` like :meth:`write`.
+        """
+        ...
+
     async def read_events(self, chat_id: str, after_seq: int, limit: int) -> EventPage:
         """Up to ``limit`` stored events with ``seq > after_seq``."""
         ...

@@ -42,6 +42,8 @@ MAX_BATCH: Final = 2048
 TRANSIENT_ATTEMPTS: Final = 3
 #: Seconds between retries, by attempt; the last one repeats.
 RETRY_DELAYS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+#: While degraded with nothing queued, the store is probed this often.
+PROBE_INTERVAL_S: Final = 1.0
 
 Then = Callable[[StoreResult | None], None]
 
@@ -145,7 +147,14 @@ class GroupCommitter:
         task_status.started()
         try:
             while True:
-                await self._queue.wait_for_items()
+                if self.degraded_reason is None:
+                    await self._queue.wait_for_items()
+                else:
+                    with trio.move_on_after(PROBE_INTERVAL_S):
+                        await self._queue.wait_for_items()
+                    if not len(self._queue):
+                        await self._probe()
+                        continue
                 await self._commit_next()
         finally:
             with trio.CancelScope(shield=True) as scope:
@@ -214,6 +223,23 @@ class GroupCommitter:
             self._recover()
             by_item = dict(zip(map(id, live), stored, strict=True))
             return [by_item.get(id(item)) for item in batch]
+
+    async def _probe(self) -> None:
+        """Degraded and idle: find out whether the store takes writes again.
+
+        Nothing else would tell: while degraded, writes someone waits for
+        are refused without trying.
+        """
+        try:
+            await self.store.probe()
+        except StoreError as exc:
+            self.degraded_reason = str(exc)
+            return
+        except Exception as exc:
+            log.exception("the session store failed unexpectedly")
+            self.degraded_reason = f"internal error: {exc!r}"
+            return
+        self._recover()
 
     def _degrade(self, reason: str, batch: list[_Item]) -> None:
         if self.degraded_reason is None:

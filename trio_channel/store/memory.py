@@ -72,6 +72,9 @@ class MemoryStore:
                 results.append(self._delete_chat(op))
         return results
 
+    async def probe(self) -> None:
+        await trio.lowlevel.checkpoint()
+
     def _log(self, chat_id: str, at: float) -> _Log:
         log = self._logs.get(chat_id)
         if log is None:

@@ -226,6 +226,23 @@ class SqliteStore:
         self._rows.install(batch.staged)
         return results
 
+    async def probe(self) -> None:
+        async with self._write_lock:
+            await self._in_thread(self._write_probe)
+
+    def _write_probe(self) -> None:
+        db = self._writer
+        if db is None:
+            raise StoreError("the store is closed", transient=False)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, julianday())")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     # --- reads ----------------------------------------------------------------
 
     async def chat(self, chat_id: str) -> ChatMeta | None:

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS user_messages (
     turn_id TEXT
 );
 CREATE INDEX IF NOT EXISTS user_messages_by_chat ON user_messages (chat, after_seq);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 #: The first release's tables, renamed out of the way before the migration.
