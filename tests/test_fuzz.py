@@ -81,7 +81,7 @@ SETTINGS = settings(
     ],
 )
 
-#: PROTOCOL 3.3 (and 5 for ``history_truncated``).
+#: PROTOCOL 3.3 (and 5 for ``history_truncated`` and ``history_reset``).
 ERROR_DETAILS = {
     "invalid chat_id",
     "missing content",
@@ -89,6 +89,10 @@ ERROR_DETAILS = {
     "workspace_scope_rejected",
     "rate_limited",
     "history_truncated",
+    "history_reset",
+    "invalid since_seq",
+    "invalid webui request_id",
+    "store_unavailable",
 }
 IMAGE_REASONS = {
     "malformed",
@@ -106,6 +110,8 @@ SERVER_EVENTS = {
     "error",
     "goal_state",
     "goal_status",
+    "webui_response",
+    "message_accepted",
 }
 #: PROTOCOL 1 and 6, plus 426: the answer to an upgrade with an unsupported
 #: ``Sec-WebSocket-Version``, as RFC 6455 4.4 asks (``http.py``, wsproto).
@@ -171,12 +177,22 @@ def no_errors_logged() -> Iterator[None]:
 
 # --- strategies: client frames ----------------------------------------------
 
+#: Text with lone surrogates (json.dumps writes them as ``\\ud800`` escapes,
+#: which PROTOCOL 3 turns into U+FFFD before anything stores or logs them).
+surrogate_text = st.text(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+    | st.characters(codec="utf-8"),
+    max_size=20,
+)
 scalars = (
     st.none()
     | st.booleans()
     | st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=10**40)  # past int64
+    | st.integers(min_value=-(10**40), max_value=-1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
+    | surrogate_text
 )
 json_values = st.recursive(
     scalars,
@@ -194,7 +210,9 @@ chat_ids = (
     | json_values
 )
 types = (
-    st.sampled_from(["message", "new_chat", "attach", "set_workspace_scope"])
+    st.sampled_from(
+        ["message", "new_chat", "attach", "set_workspace_scope", "webui_request"]
+    )
     | st.sampled_from(["Message", " message", "ping", "", "__proto__"])
     | st.text(max_size=12)
     | json_values
@@ -262,6 +280,13 @@ envelopes = st.fixed_dictionaries(
         )
         | json_values,
         "since_seq": json_values,
+        "epoch": json_values,
+        "turn_id": json_values,
+        "request_id": json_values
+        | st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True),
+        "action": st.sampled_from(["session.delete", "sessions.list", "x"])
+        | json_values,
+        "payload": json_values,
     },
 )
 
@@ -430,8 +455,11 @@ async def recv_json(conn: trio_websocket.WebSocketConnection) -> dict[str, Any]:
 async def fuzz_one_connection(specs: list[Frame], *, remote: bool = False) -> None:
     fuzz = [build(spec) for spec in specs]
     # rate_limit=0: unlimited (TokenBucket), so the volume never trips it.
+    # The real store: what a client sends must be storable (surrogates,
+    # huge numbers, deep nesting), never a crash of the store writer.
     async with memory_server(
         peer=REMOTE_PEER if remote else LOOPBACK_PEER,
+        session_store="sqlite",
         rate_limit=0,
         max_message_bytes=MAX_MESSAGE_BYTES,
         ping_interval_s=PING_S,

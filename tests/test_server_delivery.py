@@ -295,7 +295,7 @@ async def test_lone_surrogates_reach_the_sqlite_store_as_replacements(
     async with memory_server(session_store="sqlite", data_dir=str(tmp_path)) as server:
         client = await server.ws()
         chat_id = await _ready(client)
-        frame = '{"type":"message","chat_id":"%s","content":"a\\ud800b"}' % chat_id
+        frame = '{"type":"message","chat_id":"' + chat_id + '","content":"a\\ud800b"}'
         await client.send(frame)
         inbound = await server.agent.inbound.receive()
         assert inbound.content == "a\ufffdb"

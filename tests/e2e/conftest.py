@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
@@ -67,6 +68,9 @@ class Daemon:
             stderr=subprocess.PIPE,
             text=True,
             env=daemon_env(),
+            # From the repository root, so --agent tests.e2e.... can name a
+            # test agent.
+            cwd=REPO_ROOT,
             preexec_fn=None
             if file_size_limit is None
             else _limit_files(file_size_limit),

@@ -61,9 +61,6 @@ SEND_CHUNK_BYTES: Final = 256 * 1024
 DEAD_PEER_CLOSE_S: Final = 1.0
 #: Pause before a catch-up read is tried again after a store error.
 CATCH_UP_RETRY_S: Final = 0.5
-#: Replies queued past the send queue's size, at most, before the client is
-#: deemed not to read at all (it keeps sending requests but takes nothing).
-REPLY_SLACK: Final = 256
 
 
 class AgentGone(Exception):
@@ -144,7 +141,7 @@ class WsConnection:
     #: The close code the connection ended with (ours or the peer's).
     close_code: int = attrs.field(default=1006, init=False)
     _writing: bool = attrs.field(default=False, init=False)
-    #: Unparked whenever the writer task ends.
+    #: Unparked whenever the writer sent a batch or ended.
     _written: trio.lowlevel.ParkingLot = attrs.field(
         factory=trio.lowlevel.ParkingLot, init=False
     )
@@ -328,6 +325,19 @@ class WsConnection:
         await self._on_text(text)
 
     async def _on_text(self, text: str) -> None:
+        # A client that sends faster than it reads our answers is not read
+        # until the writer catches up: replies stay bounded without closing
+        # it (only a socket that takes nothing at all gets 1013).
+        if len(self.outbox) >= self.limits.send_queue_frames:
+            self.busy = True
+            try:
+                while (
+                    len(self.outbox) >= self.limits.send_queue_frames
+                    and self.closing is None
+                ):
+                    await self._written.park()
+            finally:
+                self.busy = False
         session = self.session
         request = session.parse(text, trio.current_time())
         if isinstance(request, list):
@@ -389,10 +399,6 @@ class WsConnection:
     def _send_raw(self, data: bytes) -> None:
         if self.closing is not None:
             return
-        if len(self.outbox) >= self.limits.send_queue_frames + REPLY_SLACK:
-            self.backend.metrics.slow_consumer_closed()
-            self.close(TRY_AGAIN_LATER, "slow consumer", discard=True)
-            return
         self.outbox.force(data)
         self._kick()
 
@@ -429,6 +435,7 @@ class WsConnection:
             finally:
                 self.send_since = None
         self.backend.metrics.frames_out(len(frames), len(data))
+        self._written.unpark_all()
         closing = self.closing
         done = closing is not None and (
             closing.peer_dead or self.ws.state is ConnectionState.CLOSED
