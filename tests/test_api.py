@@ -32,15 +32,13 @@ from trio_channel.core.hub import ChatHub
 from trio_channel.core.session import Peer
 from trio_channel.http.api import HISTORY_PAGE, HttpApp
 from trio_channel.http.head import RequestHead, read_request_head
-from trio_channel.http.routes import (
+from trio_channel.http.mediafiles import (
     NOT_SATISFIABLE,
     SVG_CSP,
     ByteRange,
-    iso_time,
     parse_range,
-    parse_session_key,
-    ws_url,
 )
+from trio_channel.http.routes import iso_time, parse_session_key, ws_url
 from trio_channel.media.signing import MediaSigner
 from trio_channel.store.base import (
     AppendEvent,

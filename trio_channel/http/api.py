@@ -38,6 +38,7 @@ from ..media.signing import MediaSigner, MediaUrlError
 from ..store.base import ChatMeta, DeleteChat, SessionStore, StoreError, UserMessage
 from ..store.committer import StoreUnavailable
 from .head import RequestHead
+from .mediafiles import media_headers
 from .response import NOSNIFF, PeerGone, Responder, open_regular_file, send_file
 from .routes import (
     API_NOT_FOUND,
@@ -60,7 +61,6 @@ from .routes import (
     health_response,
     issue_token,
     match_route,
-    media_headers,
     parse_session_key,
     parse_since_seq,
     request_api_token,

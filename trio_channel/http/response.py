@@ -25,7 +25,8 @@ import h11
 import trio
 
 from .head import RequestHead
-from .routes import HttpResponse, RangeNotSatisfiable, parse_range
+from .mediafiles import RangeNotSatisfiable, parse_range
+from .routes import HttpResponse
 
 #: Bytes read from a file and sent per step.
 CHUNK_BYTES: Final = 256 * 1024

@@ -1,20 +1,19 @@
 """Plain HTTP routes on the WebSocket port: the pure decisions (PROTOCOL 6).
 
 Everything here is sans-IO: a request head (or parts of it) in, a value out.
-:mod:`trio_channel.api` does the I/O (store reads, files, sockets) around
-these functions, so the rules that matter for security (who may call what,
-which session key is valid, which byte range is served) are tested without a
-socket.
+:mod:`trio_channel.http.api` does the I/O (store reads, files, sockets)
+around these functions, so the rules that matter for security (who may call
+what, which session key is valid) are tested without a socket.
 
 - :func:`match_route` names the endpoint a path addresses and the methods it
   allows; :func:`issue_token` answers the token-issue route.
-- Auth: :func:`bootstrap_refusal`, :func:`request_api_token`,
-  :func:`api_token_valid`.
-- Parsing: :func:`parse_session_key`, :func:`parse_since_seq`,
-  :func:`parse_range`.
-- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`sessions_body`
-  (with :func:`iso_time`, :func:`clip`),
-  :func:`media_headers`. The page's files: :mod:`trio_channel.http.static`.
+- Auth: :func:`bootstrap_refusal`, :func:`host_refusal`,
+  :func:`request_api_token`, :func:`api_token_valid`.
+- Parsing: :func:`parse_session_key`, :func:`parse_since_seq`.
+- Shaping: :func:`ws_url`, :func:`bootstrap_body`, :func:`session_rows`
+  (with :func:`iso_time`, :func:`clip`), :func:`health_response`.
+
+Media files: :mod:`.mediafiles`; the page's files: :mod:`.static`.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from ..core.auth import (
     parse_authority,
     secret_matches,
 )
-from ..media.ingress import IMAGE_MIMES, VIDEO_MIMES
 from ..store.base import ChatMeta
 from .head import RequestHead
 
@@ -404,98 +402,3 @@ def sessions_body(
 ) -> bytes:
     """``{"sessions": [...]}``, newest first as the store lists them."""
     return _json.encode({"sessions": session_rows(chats, running_since, tz)})
-
-
-# --- media ------------------------------------------------------------------
-
-
-@attrs.frozen
-class ByteRange:
-    """Bytes ``start`` to ``end`` of a file, both inclusive."""
-
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-
-@attrs.frozen
-class RangeNotSatisfiable:
-    """Answer 416 with ``Content-Range: bytes */SIZE``."""
-
-
-NOT_SATISFIABLE: Final = RangeNotSatisfiable()
-_RANGE_SPEC_RE: Final = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*")
-#: Bigger than any file; keeps int() away from huge digit strings.
-_HUGE: Final = 10**18
-
-
-def _number(digits: str) -> int:
-    return int(digits) if len(digits) <= 18 else _HUGE
-
-
-def parse_range(
-    header: str | None, size: int
-) -> ByteRange | RangeNotSatisfiable | None:
-    """Decide a ``Range`` header against a file of ``size`` bytes.
-
-    None: serve the whole file (no header, or a unit other than ``bytes``,
-    which RFC 9110 says to ignore). One range, ``a-b`` (``b`` clipped to the
-    end), ``a-`` or ``-n`` (the last ``n`` bytes): that range (206). Several
-    ranges, a malformed one, or one that starts past the end: 416.
-    """
-    if header is None:
-        return None
-    unit, sep, spec = header.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
-        return None
-    specs = [s for s in spec.split(",") if s.strip()]
-    if len(specs) != 1:
-        return NOT_SATISFIABLE
-    m = _RANGE_SPEC_RE.fullmatch(specs[0])
-    if m is None or not (m[1] or m[2]):
-        return NOT_SATISFIABLE
-    if not m[1]:
-        suffix = _number(m[2])
-        if suffix == 0 or size == 0:
-            return NOT_SATISFIABLE
-        return ByteRange(max(0, size - suffix), size - 1)
-    start = _number(m[1])
-    end = _number(m[2]) if m[2] else size - 1
-    if start >= size or end < start:
-        return NOT_SATISFIABLE
-    return ByteRange(start, min(end, size - 1))
-
-
-SVG_CSP: Final = (
-    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
-)
-MEDIA_CACHE_CONTROL: Final = "private, max-age=31536000, immutable"
-_MEDIA_TYPES: Final[Mapping[str, str]] = {
-    **{ext: mime for mime, ext in IMAGE_MIMES.items()},
-    **{ext: mime for mime, ext in VIDEO_MIMES.items()},
-    ".jpeg": "image/jpeg",
-    ".svg": "image/svg+xml",
-}
-
-
-def media_headers(name: str) -> list[tuple[str, str]]:
-    """Headers for a media file, by its extension (PROTOCOL 3.2 and 6).
-
-    The image and video types clients may upload, plus SVG with a CSP that
-    forbids scripts; anything else is ``application/octet-stream``. Always
-    ``nosniff``, so a browser never guesses its way to HTML.
-    """
-    dot = name.rfind(".")
-    mime = _MEDIA_TYPES.get(name[dot:].lower(), "application/octet-stream")
-    headers = [
-        ("Content-Type", mime),
-        ("X-Content-Type-Options", "nosniff"),
-        ("Accept-Ranges", "bytes"),
-        ("Cache-Control", MEDIA_CACHE_CONTROL),
-    ]
-    if mime == "image/svg+xml":
-        headers.append(("Content-Security-Policy", SVG_CSP))
-    return headers
