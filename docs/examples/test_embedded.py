@@ -19,24 +19,7 @@ import trio_websocket
 from embedded import word_agent  # docs/examples/embedded.py
 
 from trio_channel import Channel, Peer, build_config, open_bus
-
-
-class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
-    """Hands the server one end of an in-memory stream pair per connect()."""
-
-    def __init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](8)
-
-    async def accept(self) -> trio.abc.Stream:
-        return await self._receive.receive()
-
-    async def aclose(self) -> None:
-        await self._receive.aclose()
-
-    async def connect(self) -> trio.abc.Stream:
-        client, server = trio.testing.memory_stream_pair()
-        await self._send.send(server)
-        return client
+from trio_channel.testing import MemoryListener
 
 
 async def next_event(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
