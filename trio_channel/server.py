@@ -44,6 +44,7 @@ from .http.head import (
     respond,
     upgrade_request_bytes,
 )
+from .logs import log_connection_closed, log_connection_opened, log_handshake_refused
 from .media.rewrite import MediaLinker
 from .media.signing import MediaSigner, load_or_create_secret
 from .metrics import ChannelMetrics
@@ -268,6 +269,7 @@ class Channel:
             return
         if isinstance(head, BadRequest):
             self.metrics.handshake(head.status)
+            log_handshake_refused(head.status, peer, "bad request head")
             await respond(stream, head.status, b"Bad Request")
             return
         if not is_upgrade(head, cfg.path):
@@ -284,6 +286,7 @@ class Channel:
         request_bytes = upgrade_request_bytes(head)
         if isinstance(request_bytes, BadRequest):
             self.metrics.handshake(request_bytes.status)
+            log_handshake_refused(request_bytes.status, peer, "bad websocket handshake")
             await respond(stream, request_bytes.status, b"Bad WebSocket handshake")
             return
         _, query = split_target(head.target)
@@ -296,6 +299,7 @@ class Channel:
         )
         if not isinstance(decision, Accept):
             self.metrics.handshake(decision.status)
+            log_handshake_refused(decision.status, peer, decision.body)
             await respond(stream, decision.status, decision.body.encode())
             return
         self.open_connections += 1
@@ -314,10 +318,15 @@ class Channel:
                     return
                 self.metrics.handshake(101)
                 self.metrics.connection_opened()
+                log_connection_opened(decision.client_id, peer)
+                opened_at = trio.current_time()
                 try:
                     await self._run(ws, decision.client_id, peer)
                 finally:
                     self.metrics.connection_closed()
+                    code = ws.closed.code if ws.closed is not None else None
+                    duration = trio.current_time() - opened_at
+                    log_connection_closed(decision.client_id, code, duration, peer)
                 nursery.cancel_scope.cancel()
         finally:
             self.open_connections -= 1
