@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import typing
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import msgspec
@@ -313,6 +315,9 @@ class Client:
             except trio_websocket.ConnectionClosed as exc:
                 code = exc.reason.code if exc.reason is not None else None
                 reason = f"connection closed ({code})"
+            except Exception:
+                if not self._closing:
+                    raise
             self._disconnected()
             if self._closing:
                 return
@@ -333,14 +338,7 @@ class Client:
         self._api = info
         if info.model_name:
             self.model_name = info.model_name
-        async with trio_websocket.open_websocket_url(
-            info.url_with(self.client_id),
-            self.ssl_context if self.address.tls else None,
-            message_queue_size=16,
-            max_message_size=MAX_FRAME_BYTES,
-            connect_timeout=self.connect_timeout,
-            disconnect_timeout=2.0,
-        ) as ws:
+        async with self._open_websocket(info) as ws:
             with trio.fail_after(self.connect_timeout):
                 ready = _decoder.decode(await ws.get_message())
             if not isinstance(ready, Ready):
@@ -359,6 +357,50 @@ class Client:
                 task_status.started()
             self._notify(Connected(ready.client_id, ready.chat_id, not first))
             await self._read(ws)
+
+    @asynccontextmanager
+    async def _open_websocket(
+        self, info: ConnectInfo
+    ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+        """trio-websocket over a stream we own, so it is always closed.
+
+        (``open_websocket_url`` of trio-websocket 0.12 waits out its whole
+        connect timeout, then leaks the socket, when a server closes the
+        connection during the handshake, as a daemon that is shutting down
+        does; here the EOF ends the attempt at once.)
+        """
+        url = urlsplit(info.url_with(self.client_id))
+        resource = f"{url.path or '/'}?{url.query}"
+        with _single_exception():
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(self.connect_timeout):
+                    stream = await self._open_stream()
+                watched = _EofWatch(stream)
+                try:
+                    with trio.fail_after(self.connect_timeout):
+                        ws = await _handshake(nursery, watched, self.address, resource)
+                    try:
+                        yield ws
+                    finally:
+                        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                            await ws.aclose()
+                finally:
+                    await trio.aclose_forcefully(watched)
+                    nursery.cancel_scope.cancel()
+
+    async def _open_stream(self) -> trio.abc.Stream:
+        address = self.address
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+        if not address.tls:
+            return tcp
+        context = self.ssl_context or ssl.create_default_context()
+        tls = trio.SSLStream(tcp, context, server_hostname=address.host)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        return tls
 
     async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
         while True:
@@ -518,6 +560,86 @@ class Client:
         self._wake()
 
 
+@contextlib.contextmanager
+def _single_exception() -> typing.Iterator[None]:
+    """Raise a lone exception out of a nursery as itself, not in a group.
+
+    ``Cancelled`` beside it is left out: the cancellation is delivered again
+    at the next checkpoint, as trio-websocket does for its own nurseries.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        others = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(others) == 1:
+            raise others[0] from None
+        raise
+
+
+class _EofWatch(trio.abc.Stream):
+    """A stream that tells when the peer closed it (see _open_websocket)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.eof = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:
+            self.eof.set()
+            raise
+        if not data:
+            self.eof.set()
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _handshake(
+    nursery: trio.Nursery, stream: _EofWatch, address: ServerAddress, resource: str
+) -> trio_websocket.WebSocketConnection:
+    """The opening handshake, or :class:`ServerUnavailable` on an early EOF."""
+    result: list[trio_websocket.WebSocketConnection] = []
+    failure: list[BaseException] = []
+
+    async def shake(done: trio.CancelScope) -> None:
+        try:
+            result.append(
+                await trio_websocket.wrap_client_stream(
+                    nursery,
+                    typing.cast(trio.SocketStream, stream),
+                    address.netloc,
+                    resource,
+                    message_queue_size=16,
+                    max_message_size=MAX_FRAME_BYTES,
+                )
+            )
+        except Exception as exc:
+            failure.append(exc)
+        done.cancel()
+
+    async def watch(done: trio.CancelScope) -> None:
+        await stream.eof.wait()
+        done.cancel()
+
+    async with trio.open_nursery() as race:
+        race.start_soon(shake, race.cancel_scope)
+        race.start_soon(watch, race.cancel_scope)
+    if failure:
+        raise failure[0]
+    if not result:
+        raise ServerUnavailable("the server closed the connection during the handshake")
+    return result[0]
+
+
 @asynccontextmanager
 async def open_client(
     url: str = DEFAULT_URL,
@@ -558,7 +680,9 @@ async def open_client(
         connect_timeout=connect_timeout,
         backoff=backoff or Backoff(),
     )
-    try:
+    # One task raised (the first connection failed, or the caller's block
+    # did): that exception itself is raised, as trio-websocket does.
+    with _single_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             try:
@@ -567,9 +691,3 @@ async def open_client(
                 with trio.CancelScope(shield=True):
                     await client.aclose()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # One task raised (the first connection failed, or the caller's
-        # block did): raise that exception itself, as trio-websocket does.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
