@@ -18,6 +18,7 @@ import argparse
 import getpass
 import re
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ HELP = (
 REPLY = "agent: "
 #: Lines typed while offline, waiting to be sent in order.
 OUTGOING_LINES = 64
+#: Events kept per chat that is not on screen.
+UNSEEN_KEPT = 500
 
 
 def short(chat_id: str) -> str:
@@ -73,8 +76,11 @@ class ChatApp:
     running_since: dict[str, float] = attrs.field(factory=dict)
     flows: dict[str, LineFlow] = attrs.field(factory=dict)
     listed: list[str] = attrs.field(factory=list)
+    #: Events of chats not on screen, shown when one is switched to.
+    unseen: dict[str, deque[ServerEvent]] = attrs.field(factory=dict)
     queued: int = 0
     _nursery: trio.Nursery | None = None
+    _last_reason: str = ""
 
     # --- status bar --------------------------------------------------------
 
@@ -87,9 +93,9 @@ class ChatApp:
                 parts.append("idle")
             else:
                 parts.append(f"running {max(0, int(trio.current_time() - since))}s")
-        parts.append(self.connection)
         if self.queued:
             parts.append(f"{self.queued} waiting to be sent")
+        parts.append(self.connection)
         return " | ".join(parts) + "   /help"
 
     def refresh(self) -> None:
@@ -141,7 +147,11 @@ class ChatApp:
                 out(line)
         elif isinstance(event, StreamEnd):
             flow = self.flows.pop(chat_id, None)
-            for line in flow.finish() if flow else []:
+            if flow is None:  # not streamed on screen: show it whole
+                flow = LineFlow(self.width)
+                for line in flow.feed(REPLY + (event.text or "")):
+                    out(line)
+            for line in flow.finish():
                 out(line)
         elif isinstance(event, Message):
             lead = "· " if event.kind else REPLY
@@ -179,10 +189,14 @@ class ChatApp:
     async def watch_notices(self) -> None:
         async for notice in self.client.notices:
             if isinstance(notice, Disconnected):
-                self.connection = f"reconnecting ({notice.reason})"
+                self.connection = "reconnecting…"
+                if notice.reason != self._last_reason:
+                    self._last_reason = notice.reason
+                    self.screen.print(f"· disconnected: {notice.reason}; reconnecting")
             elif isinstance(notice, Connected):
                 if notice.reconnected:
                     self.screen.print("· reconnected")
+                self._last_reason = ""
                 self.connection = "connected"
             elif isinstance(notice, Error):
                 self._render_error(notice)
@@ -228,6 +242,8 @@ class ChatApp:
 
     def switch(self, chat: Chat) -> None:
         self.current = chat
+        for event in self.unseen.pop(chat.chat_id, ()):
+            self._render(chat.chat_id, event)
         self.refresh()
 
     async def list_chats(self) -> None:
@@ -249,7 +265,8 @@ class ChatApp:
         if not arg:
             self.screen.print("! usage: /attach ID (see /chats)")
             return
-        matches = [c for c in self.listed if c.startswith(arg)]
+        known_ids = dict.fromkeys([*self.client.chats, *self.listed])
+        matches = [c for c in known_ids if c.startswith(arg)]
         chat_id = matches[0] if len(matches) == 1 else arg
         if not re.fullmatch(r"[A-Za-z0-9_:-]{1,64}", chat_id):
             self.screen.print(f"! not a chat id: {arg}")
