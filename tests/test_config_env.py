@@ -158,7 +158,11 @@ def test_the_listening_line_is_written_at_any_level_and_in_json(log_text) -> Non
     logging.getLogger().setLevel("ERROR")
     log_listening("ws://127.0.0.1:1/", page="http://127.0.0.1:1/", auth="open")
     doc = json.loads(stream.getvalue())
-    assert doc["msg"] == "listening on ws://127.0.0.1:1/"
+    assert (
+        doc["msg"]
+        == "listening on ws://127.0.0.1:1/ page=http://127.0.0.1:1/ auth=open"
+    )
+    assert doc["ws_url"] == "ws://127.0.0.1:1/"
     assert (doc["page"], doc["auth"], doc["level"]) == (
         "http://127.0.0.1:1/",
         "open",

@@ -79,7 +79,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = [_utc(record.created), record.levelname, f"{record.name}:"]
         parts.append(" ".join(record.getMessage().split()))
-        parts.extend(f"{k}={_value_text(v)}" for k, v in _fields(record).items())
+        if not getattr(record, "fields_in_msg", False):
+            parts.extend(f"{k}={_value_text(v)}" for k, v in _fields(record).items())
         line = " ".join(parts)
         if record.exc_info:
             # A traceback is the one thing that spans lines (debugging aid).
@@ -181,6 +182,12 @@ def log_http_request(method: str, path: str, status: int, peer: object) -> None:
 def log_listening(url: str, **summary: object) -> None:
     """The start-up line: ``listening on URL key=value ...``.
 
-    Scripts find the WebSocket URL as the word after ``listening on``.
+    Scripts find the WebSocket URL as the word after ``listening on``, in
+    both formats: the message itself holds the ``key=value`` text (JSON
+    lines have the same values as fields too).
     """
-    _startup.info(f"listening on {url}", extra={"fields": summary})
+    text = " ".join(f"{k}={_value_text(v)}" for k, v in summary.items())
+    _startup.info(
+        f"listening on {url} {text}".rstrip(),
+        extra={"fields": {"ws_url": url, **summary}, "fields_in_msg": True},
+    )
