@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,14 @@ def env_build(**env: str) -> ChannelConfig:
 def test_every_field_has_a_variable() -> None:
     assert set(ENV_FOR_FIELD) == set(ChannelConfig.__struct_fields__)
     assert ENV_FOR_FIELD["ping_interval_s"] == "TRIO_CHANNEL_PING_INTERVAL_S"
+
+
+def test_every_variable_is_documented() -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    text = docs.read_text()
+    for field, var in ENV_FOR_FIELD.items():
+        assert f"| `{field}` |" in text, field
+        assert f"`{var}`" in text, var
 
 
 def test_values_are_parsed_by_type() -> None:

@@ -67,3 +67,24 @@ async def test_serve_returns_when_the_agent_returns() -> None:
             environ={},
         )
         await serve(config, quitter, signals=())
+
+
+def test_the_quickstart_hello_works_after_a_plain_serve(
+    spawn_module_daemon, tmp_path: Path
+) -> None:
+    """docs/quickstart.md's hello.py, as written, against ``trio-channel serve``."""
+    import subprocess
+    import sys
+
+    daemon = spawn_module_daemon()
+    text = (EXAMPLE.parents[1] / "quickstart.md").read_text()
+    start = text.index("```python\nimport trio\n") + len("```python\n")
+    code = text[start : text.index("```", start)]
+    script = tmp_path / "hello.py"
+    script.write_text(code.replace("127.0.0.1:8765", f"127.0.0.1:{daemon.port}"))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Message(" in result.stdout and "text='hello'" in result.stdout
+    assert result.stdout.rstrip().endswith("status='idle', started_at=None)")
