@@ -484,16 +484,6 @@ def test_trimmed_history_says_so(ui: UI, spawn: DaemonFactory) -> None:
     expect(turns(page)).to_have_count(1)
 
 
-def test_a_refused_bootstrap_is_explained(ui: UI, spawn: DaemonFactory) -> None:
-    """With a token-issue secret the page cannot get a token on its own."""
-    daemon = spawn("--token-issue-secret", "only-for-scripts")
-    page = ui.page
-    page.goto(daemon.http_url)
-    expect(page.locator("#banner")).to_contain_text("needs a secret")
-    expect(page.locator("#conn-status")).not_to_have_attribute("data-state", "online")
-    assert ui.page_errors == []
-
-
 # --- chats, layout, console --------------------------------------------------------
 
 

@@ -73,10 +73,6 @@ class Terminal:
                 pytest.fail(f"{pattern!r} never showed up; the screen:\n{screen}")
             time.sleep(0.05)
 
-    def status_line(self) -> str:
-        lines = [line for line in self.screen().splitlines() if line.strip()]
-        return lines[-1] if lines else ""
-
 
 @pytest.fixture
 def terminal() -> Iterator[Terminal]:
@@ -110,7 +106,7 @@ def test_a_person_chats_across_a_daemon_restart(
     first = terminal.wait_for(r"connected to .*\(chat [0-9a-f-]{36}\)")
     first_chat = re.search(r"\(chat ([0-9a-f-]{36})\)", first)
     assert first_chat is not None
-    assert "idle" in terminal.status_line()
+    terminal.wait_for(r"chat [0-9a-f]{8} \| idle \| connected")
 
     terminal.type("hello from tmux")
     terminal.wait_for(r"agent: hello from tmux")

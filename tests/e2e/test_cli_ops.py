@@ -150,3 +150,27 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "trio-channel.service" not in result.stderr, result.stderr
+
+
+def test_chat_reads_lines_from_a_pipe(spawn_module_daemon: DaemonFactory) -> None:
+    daemon = spawn_module_daemon()
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_channel", "chat", daemon.ws_url()],
+        input="hello from a pipe\nstream:3\n/chats\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=daemon_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "agent: hello from a pipe" in out
+    assert "agent: chunk 1 chunk 2 chunk 3" in out
+    assert "[chat " in out and "idle" in out  # status changes as lines
+
+
+def test_chat_without_a_daemon_says_what_to_do() -> None:
+    result = cli("chat", "http://127.0.0.1:9/")
+    assert result.returncode == 1
+    assert "cannot reach http://127.0.0.1:9/" in result.stderr
+    assert "trio-channel serve" in result.stderr

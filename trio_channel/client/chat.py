@@ -57,6 +57,10 @@ REPLY = "agent: "
 OUTGOING_LINES = 64
 #: Events kept per chat that is not on screen.
 UNSEEN_KEPT = 500
+#: On /quit, how long lines typed but not yet sent may take to go out.
+SEND_WAIT_S = 5.0
+#: Reading a pipe: how long to wait for the replies before a command or EOF.
+REPLY_WAIT_S = 60.0
 
 
 def short(chat_id: str) -> str:
@@ -79,6 +83,11 @@ class ChatApp:
     #: Events of chats not on screen, shown when one is switched to.
     unseen: dict[str, deque[ServerEvent]] = attrs.field(factory=dict)
     queued: int = 0
+    #: Before leaving, wait for the replies to what was sent (reading a pipe).
+    wait_for_replies: bool = False
+    #: Turns asked for and not ended yet (a turn_end each), all chats.
+    awaiting: int = 0
+    _settled: trio.Event = attrs.field(factory=trio.Event)
     _nursery: trio.Nursery | None = None
     _last_reason: str = ""
 
@@ -126,6 +135,9 @@ class ChatApp:
             self.screen.print(
                 f"· new reply in chat {short(chat_id)} (/attach {short(chat_id)})"
             )
+        if isinstance(event, TurnEnd) and self.awaiting:
+            self.awaiting -= 1
+            self._check_settled()
         if shown:
             self._render(chat_id, event)
         self.refresh()
@@ -217,7 +229,21 @@ class ChatApp:
         async for chat, text in lines:
             await chat.send(text)
             self.queued -= 1
+            self.awaiting += 1
+            self._check_settled()
             self.refresh()
+
+    def _check_settled(self) -> None:
+        if not self.queued and not (self.wait_for_replies and self.awaiting):
+            self._settled.set()
+            self._settled = trio.Event()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (at most *timeout_s*) until what was typed is sent and, when
+        reading a pipe, answered."""
+        with trio.move_on_after(timeout_s):
+            while self.queued or (self.wait_for_replies and self.awaiting):
+                await self._settled.wait()
 
     async def command(self, line: str) -> bool:
         """Run a ``/command``; False for ``/quit``."""
@@ -307,12 +333,15 @@ class ChatApp:
                 if not line.strip():
                     continue
                 if line.startswith("/"):
+                    if self.wait_for_replies:
+                        await self.settle(REPLY_WAIT_S)  # a script: in order
                     if not await self.command(line):
                         break
                     continue
                 self.queued += 1
                 self.refresh()
                 await send.send((self.current, line))
+            await self.settle(REPLY_WAIT_S if self.wait_for_replies else SEND_WAIT_S)
             nursery.cancel_scope.cancel()
 
 
@@ -320,7 +349,12 @@ async def run_chat(
     url: str, screen: Screen, *, client_id: str, first_chat: str | None
 ) -> None:
     async with open_client(url, client_id=client_id) as client:
-        app = ChatApp(client, screen, width=_terminal_width())
+        app = ChatApp(
+            client,
+            screen,
+            width=_terminal_width(),
+            wait_for_replies=isinstance(screen, PlainScreen),
+        )
         await app.run(first_chat)
 
 
