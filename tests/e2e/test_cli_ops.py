@@ -41,24 +41,63 @@ def cli(
     )
 
 
-def test_version() -> None:
-    result = cli("--version")
+#: case -> (argv, extra environment); all run at once by ``ran``.
+CASES: dict[str, tuple[list[str], dict[str, str]]] = {
+    "version": (["--version"], {}),
+    "help": (["serve", "--help"], {}),
+    "print-config": (
+        ["print-config", "--port", "9100"],
+        {"TRIO_CHANNEL_TOKEN_ISSUE_SECRET": "hunter2", "TRIO_CHANNEL_WEBUI": "0"},
+    ),
+    "health-down": (["health", "http://127.0.0.1:9/", "--timeout", "2"], {}),
+    "chat-down": (["chat", "http://127.0.0.1:9/"], {}),
+}
+
+Ran = dict[str, subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def ran() -> Ran:
+    """Every CASE in its own interpreter, concurrently (start-up dominates)."""
+    procs = {
+        case: subprocess.Popen(
+            [sys.executable, "-m", "trio_channel", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**daemon_env(), **env},
+        )
+        for case, (argv, env) in CASES.items()
+    }
+    results: Ran = {}
+    try:
+        for case, proc in procs.items():
+            out, err = proc.communicate(timeout=30)
+            results[case] = subprocess.CompletedProcess(
+                proc.args, proc.returncode, out, err
+            )
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return results
+
+
+def test_version(ran: Ran) -> None:
+    result = ran["version"]
     assert (result.returncode, result.stdout) == (0, f"trio-channel {__version__}\n")
 
 
-def test_help_shows_defaults_and_variables() -> None:
-    text = " ".join(cli("serve", "--help").stdout.split())
+def test_help_shows_defaults_and_variables(ran: Ran) -> None:
+    text = " ".join(ran["help"].stdout.split())
     assert "default 8765; env TRIO_CHANNEL_PORT" in text
     assert "default info; env TRIO_CHANNEL_LOG_LEVEL" in text
 
 
-def test_print_config_masks_secrets(tmp_path: Path) -> None:
-    result = cli(
-        "print-config",
-        "--port",
-        "9100",
-        env={"TRIO_CHANNEL_TOKEN_ISSUE_SECRET": "hunter2", "TRIO_CHANNEL_WEBUI": "0"},
-    )
+def test_print_config_masks_secrets(ran: Ran, tmp_path: Path) -> None:
+    result = ran["print-config"]
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout
     assert "port = 9100  # flag" in result.stdout
@@ -84,12 +123,12 @@ def test_check_config_lists_every_error(tmp_path: Path) -> None:
     assert "(from TRIO_CHANNEL_PORT)" in result.stderr
 
 
-def test_health_exit_status(spawn_module_daemon: DaemonFactory) -> None:
+def test_health_exit_status(ran: Ran, spawn_module_daemon: DaemonFactory) -> None:
     daemon = spawn_module_daemon()
     ok = cli("health", f"http://127.0.0.1:{daemon.port}/")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("healthy: HTTP 200")
-    down = cli("health", "http://127.0.0.1:9/", "--timeout", "2")
+    down = ran["health-down"]
     assert down.returncode == 1
     assert down.stderr.startswith("unhealthy: cannot reach")
 
@@ -169,8 +208,8 @@ def test_chat_reads_lines_from_a_pipe(spawn_module_daemon: DaemonFactory) -> Non
     assert "[chat " in out and "idle" in out  # status changes as lines
 
 
-def test_chat_without_a_daemon_says_what_to_do() -> None:
-    result = cli("chat", "http://127.0.0.1:9/")
+def test_chat_without_a_daemon_says_what_to_do(ran: Ran) -> None:
+    result = ran["chat-down"]
     assert result.returncode == 1
     assert "cannot reach http://127.0.0.1:9/" in result.stderr
     assert "trio-channel serve" in result.stderr
