@@ -39,7 +39,8 @@ from ..core.events import (
     UserMessageEcho,
 )
 from .auth import DEFAULT_URL, ClientError, ServerUnavailable
-from .connection import Chat, Client, Connected, Disconnected, open_client
+from .connection import Client, open_client
+from .handles import Chat, Connected, Disconnected
 from .screen import LineFlow, PlainScreen, Screen, TerminalScreen, default_history
 from .screen import terminal_width as _terminal_width
 

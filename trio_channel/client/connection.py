@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-import typing
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,10 +56,12 @@ from .auth import (
     connect_info,
     http_get,
 )
+from .handles import Chat, Connected, Disconnected, Notice
 from .resume import Admit, Backoff, ChatCursor
 from .streams import StreamAssembler
+from .transport import open_websocket, single_exception
 
-__all__ = ["Chat", "Client", "Connected", "Disconnected", "Notice", "open_client"]
+__all__ = ["Client", "open_client"]
 
 log = logging.getLogger("trio_channel.client")
 
@@ -72,113 +73,6 @@ _encoder = msgspec.json.Encoder()
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: turn_ids remembered to route a soft error back to its chat.
 TURN_IDS_KEPT = 1024
-
-
-@attrs.frozen
-class Connected:
-    """The client is connected (again); every followed chat is re-attached."""
-
-    client_id: str
-    #: The connection's default chat (``ready``); the client does not follow it.
-    default_chat_id: str
-    #: True from the second connection on.
-    reconnected: bool
-
-
-@attrs.frozen
-class Disconnected:
-    """The connection is gone; the client tries again in ``retry_in`` seconds."""
-
-    reason: str
-    retry_in: float
-    #: The close code when the server closed the connection.
-    code: int | None = None
-
-
-#: Client-level news: connection state, and server events that belong to no
-#: chat we follow (``runtime_model_updated``, soft errors without a chat).
-Notice = Connected | Disconnected | RuntimeModelUpdated | Error | WebuiResponse
-
-
-@attrs.define(eq=False)
-class Chat:
-    """A chat the client follows: send to it, iterate over its events.
-
-    ``async for event in chat`` yields the server's event Structs for this
-    chat (:mod:`trio_channel.core.events`), persisted ones once each and in
-    ``seq`` order across reconnects. ``StreamEnd.text`` always holds the
-    whole stream's text. Also yielded: ``Attached`` after each (re)attach,
-    ``Error`` soft errors about this chat (including ``history_truncated``
-    and ``history_reset``: on a reset, drop what you show for the chat, the
-    whole kept history follows), and a ``GoalStatus(idle)`` after a
-    reconnect when the chat was running (the server says ``running`` again
-    if it still is).
-    """
-
-    client: Client
-    chat_id: str
-    cursor: ChatCursor
-    _send: trio.MemorySendChannel[ServerEvent]
-    _receive: trio.MemoryReceiveChannel[ServerEvent]
-    attached: trio.Event = attrs.field(factory=trio.Event)
-    #: ``running`` or ``idle``, as last told by the server.
-    status: str = "idle"
-
-    def __aiter__(self) -> AsyncIterator[ServerEvent]:
-        return self._receive.__aiter__()
-
-    async def receive(self) -> ServerEvent:
-        """The next event (raises ``trio.EndOfChannel`` once closed)."""
-        return await self._receive.receive()
-
-    async def send(
-        self,
-        text: str,
-        *,
-        media: Sequence[Mapping[str, Any]] = (),
-        turn_id: str | None = None,
-        **fields: Any,
-    ) -> str:
-        """Send a ``message``; waits for a connection if there is none.
-
-        ``media`` items are ``{"data_url": "data:image/png;base64,...",
-        "name": ...}`` (see :func:`media_item`); other envelope fields
-        (``workspace_scope``...) go in ``fields``. Returns the ``turn_id``
-        sent, which soft errors about this message carry.
-        """
-        turn = turn_id or uuid.uuid4().hex
-        frame: dict[str, Any] = {
-            "type": "message",
-            "chat_id": self.chat_id,
-            "content": text,
-            "turn_id": turn,
-            **fields,
-        }
-        if media:
-            frame["media"] = [dict(m) for m in media]
-        self.client._remember_turn(turn, self.chat_id)
-        await self.client._send_frame(frame)
-        return turn
-
-    def stream_text(self, stream_id: Any, *, reasoning: bool = False) -> str:
-        """The text of a stream still open in this chat, so far."""
-        return self.client._streams.text(self.chat_id, stream_id, reasoning=reasoning)
-
-    def close(self) -> None:
-        """Stop following: no more events, no re-attach after a reconnect."""
-        self.client._chats.pop(self.chat_id, None)
-        self._send.close()
-
-
-def media_item(data: bytes, mime: str, name: str = "") -> dict[str, str]:
-    """A ``media`` entry for :meth:`Chat.send` from a file's bytes."""
-    import base64
-
-    encoded = base64.b64encode(data).decode("ascii")
-    item = {"data_url": f"data:{mime};base64,{encoded}"}
-    if name:
-        item["name"] = name
-    return item
 
 
 @attrs.define(eq=False)
@@ -358,49 +252,17 @@ class Client:
             self._notify(Connected(ready.client_id, ready.chat_id, not first))
             await self._read(ws)
 
-    @asynccontextmanager
-    async def _open_websocket(
+    def _open_websocket(
         self, info: ConnectInfo
-    ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-        """trio-websocket over a stream we own, so it is always closed.
-
-        (``open_websocket_url`` of trio-websocket 0.12 waits out its whole
-        connect timeout, then leaks the socket, when a server closes the
-        connection during the handshake, as a daemon that is shutting down
-        does; here the EOF ends the attempt at once.)
-        """
+    ) -> contextlib.AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
         url = urlsplit(info.url_with(self.client_id))
-        resource = f"{url.path or '/'}?{url.query}"
-        with _single_exception():
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(self.connect_timeout):
-                    stream = await self._open_stream()
-                watched = _EofWatch(stream)
-                try:
-                    with trio.fail_after(self.connect_timeout):
-                        ws = await _handshake(nursery, watched, self.address, resource)
-                    try:
-                        yield ws
-                    finally:
-                        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                            await ws.aclose()
-                finally:
-                    await trio.aclose_forcefully(watched)
-                    nursery.cancel_scope.cancel()
-
-    async def _open_stream(self) -> trio.abc.Stream:
-        address = self.address
-        tcp = await trio.open_tcp_stream(address.host, address.port)
-        if not address.tls:
-            return tcp
-        context = self.ssl_context or ssl.create_default_context()
-        tls = trio.SSLStream(tcp, context, server_hostname=address.host)
-        try:
-            await tls.do_handshake()
-        except BaseException:
-            await trio.aclose_forcefully(tls)
-            raise
-        return tls
+        return open_websocket(
+            self.address,
+            f"{url.path or '/'}?{url.query}",
+            ssl_context=self.ssl_context,
+            timeout_s=self.connect_timeout,
+            max_message_bytes=MAX_FRAME_BYTES,
+        )
 
     async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
         while True:
@@ -560,86 +422,6 @@ class Client:
         self._wake()
 
 
-@contextlib.contextmanager
-def _single_exception() -> typing.Iterator[None]:
-    """Raise a lone exception out of a nursery as itself, not in a group.
-
-    ``Cancelled`` beside it is left out: the cancellation is delivered again
-    at the next checkpoint, as trio-websocket does for its own nurseries.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        others = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(others) == 1:
-            raise others[0] from None
-        raise
-
-
-class _EofWatch(trio.abc.Stream):
-    """A stream that tells when the peer closed it (see _open_websocket)."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.eof = trio.Event()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self.stream.receive_some(max_bytes)
-        except trio.BrokenResourceError:
-            self.eof.set()
-            raise
-        if not data:
-            self.eof.set()
-        return data
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-async def _handshake(
-    nursery: trio.Nursery, stream: _EofWatch, address: ServerAddress, resource: str
-) -> trio_websocket.WebSocketConnection:
-    """The opening handshake, or :class:`ServerUnavailable` on an early EOF."""
-    result: list[trio_websocket.WebSocketConnection] = []
-    failure: list[BaseException] = []
-
-    async def shake(done: trio.CancelScope) -> None:
-        try:
-            result.append(
-                await trio_websocket.wrap_client_stream(
-                    nursery,
-                    typing.cast(trio.SocketStream, stream),
-                    address.netloc,
-                    resource,
-                    message_queue_size=16,
-                    max_message_size=MAX_FRAME_BYTES,
-                )
-            )
-        except Exception as exc:
-            failure.append(exc)
-        done.cancel()
-
-    async def watch(done: trio.CancelScope) -> None:
-        await stream.eof.wait()
-        done.cancel()
-
-    async with trio.open_nursery() as race:
-        race.start_soon(shake, race.cancel_scope)
-        race.start_soon(watch, race.cancel_scope)
-    if failure:
-        raise failure[0]
-    if not result:
-        raise ServerUnavailable("the server closed the connection during the handshake")
-    return result[0]
-
-
 @asynccontextmanager
 async def open_client(
     url: str = DEFAULT_URL,
@@ -682,7 +464,7 @@ async def open_client(
     )
     # One task raised (the first connection failed, or the caller's block
     # did): that exception itself is raised, as trio-websocket does.
-    with _single_exception():
+    with single_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             try:
