@@ -1,8 +1,8 @@
 """The trio client: one WebSocket at a time, reconnected and resumed by itself.
 
 ``open_client`` runs one task that owns the connection: it fetches a token
-(:mod:`.auth`), opens the WebSocket with trio-websocket's
-``open_websocket_url``, re-attaches every followed chat with ``since_seq``
+(:mod:`.auth`), opens the WebSocket on trio-websocket's public API
+(:mod:`.transport`), re-attaches every followed chat with ``since_seq``
 and ``epoch`` (:mod:`.resume`), then reads frames and hands each chat's
 events to that chat's bounded channel. When the connection drops it waits a
 jittered backoff and does it all again; callers only see events, in order,
