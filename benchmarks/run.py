@@ -17,10 +17,10 @@ to ``benchmarks/results/latest.json``.
 Servers:
 
 - trio_channel: ``python -m trio_channel serve --port 0 --no-require-token
-  --data-dir TMP --log-level info --rate-limit 0 --max-connections 20000``
-  (built-in echo agent). ``--log-level info`` rather than ``warning`` because
-  the ``listening on URL`` line we parse is logged at INFO; nothing on the
-  per-connection or per-frame path logs at INFO.
+  --data-dir TMP --log-level warning --rate-limit 0 --max-connections 20000``
+  (built-in echo agent). ``warning`` keeps the per-connection access lines
+  (INFO) out of the measurement; the ``listening on URL`` line we parse is
+  written at any level.
 - bare: ``python benchmarks/bare_server.py --port 0`` (see that file).
 
 Every child inherits this process's raised RLIMIT_NOFILE, and both the load
@@ -231,7 +231,7 @@ def server_command(kind: str, data_dir: str, flags: list[str]) -> list[str]:
         "--data-dir",
         data_dir,
         "--log-level",
-        "info",
+        "warning",
         "--rate-limit",
         "0",
         "--max-connections",

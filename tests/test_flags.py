@@ -40,6 +40,7 @@ CASES: list[tuple[list[str], str, object]] = [
     (["--data-dir", "/var/lib/tc"], "data_dir", "/var/lib/tc"),
     (["--agent", "pkg.mod:run"], "agent", "pkg.mod:run"),
     (["--log-level", "debug"], "log_level", "debug"),
+    (["--log-format", "json"], "log_format", "json"),
     (["--max-connections", "5"], "max_connections", 5),
     (["--handshake-timeout", "2.5"], "handshake_timeout_s", 2.5),
     (["--rate-limit", "0"], "rate_limit", 0.0),

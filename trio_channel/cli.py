@@ -1,7 +1,8 @@
-"""``trio-channel``: ``serve`` runs the daemon, ``check-config FILE`` validates a file.
+"""``trio-channel``: ``serve``, ``check-config FILE``, ``print-config``,
+``health [URL]`` and ``chat [URL]``.
 
-Every configuration mistake ends as one line ``config error: FIELD: ...`` and
-exit status 2, never a traceback.
+Every configuration mistake ends as one line ``config error: FIELD: ...`` per
+problem and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,24 +10,31 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from .bus import AgentBusEnds, open_bus
-from .config import ChannelConfig, ConfigError, build_config
+from . import __version__
+from .app import AgentFunction, serve
+from .client.chat import add_chat_arguments, chat_main
+from .client.health import DEFAULT_URL, health_main
+from .config import (
+    SECRET_FIELDS,
+    ChannelConfig,
+    ConfigError,
+    ConfigErrors,
+    build_config,
+    build_config_with_sources,
+)
 from .flags import add_serve_arguments, overrides_from_args
-from .server import Channel
+from .logs import setup_logging
 from .store.base import StoreError
 
 log = logging.getLogger("trio_channel")
-
-AgentFunction = Callable[[Any, Any], Awaitable[None]]
 
 EXIT_CONFIG = 2
 
@@ -51,31 +59,69 @@ def _parser() -> argparse.ArgumentParser:
         prog="trio-channel",
         description="A trio WebSocket channel between an AI agent and its clients.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"trio-channel {__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the daemon")
     add_serve_arguments(serve)
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check = commands.add_parser(
+        "check-config", help="validate a config file (and the environment) and exit"
+    )
     check.add_argument("file", help="TOML or JSON file (a nanobot config works too)")
+    show = commands.add_parser(
+        "print-config",
+        help="print the effective config as TOML (secrets masked) and exit",
+    )
+    add_serve_arguments(show)
+    health = commands.add_parser(
+        "health", help="exit 0 when the daemon's /healthz answers ok (for probes)"
+    )
+    health.add_argument(
+        "url",
+        nargs="?",
+        default=DEFAULT_URL,
+        help=f"the daemon's http(s):// or ws(s):// URL (default {DEFAULT_URL})",
+    )
+    health.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up after this long (default 5)",
+    )
+    chat = commands.add_parser("chat", help="chat with the agent from this terminal")
+    add_chat_arguments(chat)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        return health_main(args.url, args.timeout)
+    if args.command == "chat":
+        return chat_main(args)
     try:
         if args.command == "check-config":
             build_config(args.file)
             print(f"{args.file}: ok")
             return 0
-        cfg = build_config(args.config, overrides=overrides_from_args(args))
+        overrides = overrides_from_args(args)
+        if args.command == "print-config":
+            cfg, sources = build_config_with_sources(args.config, overrides=overrides)
+            sys.stdout.write(render_config(cfg, sources))
+            return 0
+        cfg = build_config(args.config, overrides=overrides)
         agent = load_agent(cfg.agent)
         _make_data_dir(cfg)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for error in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
+            print(f"config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     status = 0
     try:
-        trio.run(_serve, cfg, agent)
+        trio.run(serve, cfg, agent)
     except* StoreError as group:
         # A corrupt, unreadable or unreachable store: name it, exit 2.
         print(f"error: session store: {_first(group)}", file=sys.stderr)
@@ -108,38 +154,28 @@ def _make_data_dir(cfg: ChannelConfig) -> None:
         raise ConfigError("data_dir", f"cannot create {cfg.data_dir}: {exc}") from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def render_config(cfg: ChannelConfig, sources: dict[str, str]) -> str:
+    """The effective config as TOML ``--config`` reads, secrets masked.
 
-
-async def _serve(cfg: ChannelConfig, agent: AgentFunction) -> None:
-    server_ends, agent_ends = open_bus(cfg.bus_capacity)
-    channel = Channel(cfg, server_ends)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_run_agent, agent, agent_ends, nursery.cancel_scope)
-            urls: list[str] = await nursery.start(channel.serve)
-            for url in urls:
-                # Printed whatever the log level: scripts wait for this line.
-                print(f"trio-channel: listening on {url}", file=sys.stderr, flush=True)
-            async for signum in signals:
-                log.info(
-                    "%s: closing every connection (1001)", signal.Signals(signum).name
-                )
-                break
-            nursery.cancel_scope.cancel()
-
-
-async def _run_agent(
-    agent: AgentFunction, ends: AgentBusEnds, scope: trio.CancelScope
-) -> None:
-    await agent(ends.inbound, ends.outbound)
-    log.warning("the agent returned; shutting down")
-    scope.cancel()
+    Each line says where a value came from (``# file``, ``# flag``, ``# TRIO_...``)
+    unless it is the default.
+    """
+    lines = ["# trio-channel effective configuration (secrets masked)"]
+    for field in ChannelConfig.__struct_fields__:
+        value = getattr(cfg, field)
+        if field in SECRET_FIELDS and value:
+            text = '"********"'
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, tuple):
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        source = sources.get(field)
+        lines.append(f"{field} = {text}" + (f"  # {source}" if source else ""))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,9 +24,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .config_env import ENV_PREFIX, env_var, field_types, parse_env_value
+
 __all__ = [
+    "ENV_FOR_FIELD",
     "ChannelConfig",
     "ConfigError",
+    "ConfigErrors",
     "build_config",
     "load_config_file",
     "normalize_path",
@@ -64,6 +68,8 @@ class ChannelConfig(
     data_dir: str = "~/.local/share/trio-channel"
     agent: str = "trio_channel.agents.echo:echo_agent"
     log_level: str = "info"
+    #: ``text`` (one line per record) or ``json`` (one object per line).
+    log_format: Literal["text", "json"] = "text"
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     slow_consumer_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
@@ -93,12 +99,16 @@ class ChannelConfig(
 #: Every field name, in the snake_case the Struct uses.
 FIELD_NAMES: frozenset[str] = frozenset(ChannelConfig.__struct_fields__)
 
-#: Environment variables that may carry secrets, so they stay out of files
-#: and out of ``ps`` output.
+#: Every field's environment variable (``TRIO_CHANNEL_<FIELD>``; parsing
+#: rules in :mod:`trio_channel.config_env`).
 ENV_FOR_FIELD: Mapping[str, str] = {
-    "token": "TRIO_CHANNEL_TOKEN",
-    "token_issue_secret": "TRIO_CHANNEL_TOKEN_ISSUE_SECRET",
+    f: env_var(f) for f in ChannelConfig.__struct_fields__
 }
+
+#: Fields whose values are secrets: masked by ``print-config``, never logged.
+SECRET_FIELDS: frozenset[str] = frozenset({"token", "token_issue_secret"})
+
+_FIELD_TYPES = field_types(ChannelConfig)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -122,6 +132,23 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems at once; ``errors`` lists every one.
+
+    It is a :class:`ConfigError` (the first problem), so code that reports one
+    line still works; the CLI prints one ``config error:`` line per entry.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        super().__init__(errors[0].field, errors[0].message)
+        self.errors = list(errors)
+
+    def __reduce__(self) -> tuple[type[ConfigErrors], tuple[list[ConfigError]]]:
+        return (ConfigErrors, (self.errors,))
 
 
 def _one_line(text: str) -> str:
@@ -252,25 +279,74 @@ def build_config(
     """Build the validated configuration the server starts with.
 
     Layers, later wins: defaults < the file at *file_path* < environment
-    (``TRIO_CHANNEL_TOKEN``, ``TRIO_CHANNEL_TOKEN_ISSUE_SECRET``, when set and
-    non-empty) < *overrides* (command-line flags; ``None`` values mean "not
-    given" and are skipped). *environ* defaults to :data:`os.environ`; tests
-    pass a dict. Raises :class:`ConfigError` for the first problem found.
+    (``TRIO_CHANNEL_<FIELD>`` for every field, when set and non-empty; see
+    :mod:`trio_channel.config_env`) < *overrides* (command-line flags;
+    ``None`` values mean "not given" and are skipped). *environ* defaults to
+    :data:`os.environ`; tests pass a dict. Every problem is collected: one
+    raises :class:`ConfigError`, several raise :class:`ConfigErrors` (a
+    ``ConfigError`` listing them all). A bad value from the environment names
+    its variable.
+    """
+    return build_config_with_sources(file_path, overrides=overrides, environ=environ)[0]
+
+
+def build_config_with_sources(
+    file_path: str | None = None,
+    *,
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ChannelConfig, dict[str, str]]:
+    """:func:`build_config`, plus where each non-default field came from.
+
+    The mapping is field -> ``file``, the variable name, or ``flag``
+    (``print-config`` shows it).
     """
     merged: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    errors: list[ConfigError] = []
     if file_path is not None:
-        merged.update(load_config_file(file_path))
+        from_file = load_config_file(file_path)
+        merged.update(from_file)
+        sources.update(dict.fromkeys(from_file, "file"))
     env = os.environ if environ is None else environ
     for field, var in ENV_FOR_FIELD.items():
-        if env.get(var):
-            merged[field] = env[var]
+        raw = env.get(var)
+        if not raw:
+            continue
+        try:
+            merged[field] = parse_env_value(_FIELD_TYPES[field], raw)
+        except ValueError as exc:
+            errors.append(ConfigError(field, f"{exc} (from {var})"))
+            merged.pop(field, None)
+        sources[field] = var
     if overrides is not None:
-        merged.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        merged.update(given)
+        sources.update(dict.fromkeys(given, "flag"))
+    bad = {e.field for e in errors}
+    good: dict[str, object] = {}
+    for field, value in merged.items():
+        if field in bad:
+            continue
+        try:
+            msgspec.convert({field: value}, ChannelConfig)
+        except msgspec.ValidationError as exc:
+            error = _from_validation_error(exc)
+            source = sources.get(field, "")
+            if source.startswith(ENV_PREFIX):
+                error = ConfigError(error.field, f"{error.message} (from {source})")
+            errors.append(error)
+            bad.add(error.field)
+            continue
+        good[field] = value
+    cfg = msgspec.convert(good, ChannelConfig)
     try:
-        cfg = msgspec.convert(merged, ChannelConfig)
-    except msgspec.ValidationError as exc:
-        raise _from_validation_error(exc) from None
-    return validate_config(cfg)
+        cfg = validate_config(cfg)
+    except ConfigErrors as exc:
+        errors.extend(e for e in exc.errors if e.field not in bad)
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg, {f: s for f, s in sources.items() if f in FIELD_NAMES}
 
 
 # --- semantic rules ------------------------------------------------------
@@ -282,18 +358,6 @@ def _expand(field: str, value: str) -> str:
     return os.path.expanduser(value)
 
 
-_ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
-_STORE_SCHEMES = ("redis://", "rediss://")
-
-
-def _check_store(value: str) -> None:
-    if value in ("sqlite", "memory") or value.startswith(_STORE_SCHEMES):
-        return
-    raise ConfigError(
-        "session_store", f"must be sqlite, memory or a redis:// URL (got {value!r})"
-    )
-
-
 def _is_agent_spec(spec: str) -> bool:
     module, sep, func = spec.partition(":")
     names = [*module.split("."), func]
@@ -302,35 +366,73 @@ def _is_agent_spec(spec: str) -> bool:
     )
 
 
-def _check_tls(cfg: ChannelConfig, certfile: str, keyfile: str) -> None:
+def _check_tls(
+    cfg: ChannelConfig, certfile: str, keyfile: str, errors: list[ConfigError]
+) -> None:
     if not (certfile or keyfile):
         return
+    # An incomplete pair is the one thing to fix first: say only that.
     if not keyfile:
-        raise ConfigError("ssl_keyfile", "required when ssl_certfile is set")
+        errors.append(ConfigError("ssl_keyfile", "required when ssl_certfile is set"))
+        return
     if not certfile:
-        raise ConfigError("ssl_certfile", "required when ssl_keyfile is set")
+        errors.append(ConfigError("ssl_certfile", "required when ssl_keyfile is set"))
+        return
     if cfg.unix_socket_path:
-        raise ConfigError("ssl_certfile", "no TLS on a unix socket")
+        errors.append(ConfigError("ssl_certfile", "no TLS on a unix socket"))
+        return
     for field, value in (("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
         if not os.path.isfile(value):
-            raise ConfigError(field, f"no such file: {value}")
+            errors.append(ConfigError(field, f"no such file: {value}"))
 
 
-def _check_webui_dir(cfg: ChannelConfig) -> str:
-    """``webui_dir`` made absolute; it must hold a regular ``index.html``."""
-    webui_dir = os.path.abspath(_expand("webui_dir", cfg.webui_dir))
-    if not cfg.webui:
-        raise ConfigError("webui_dir", "set, but webui is off (--no-webui)")
-    if not Path(webui_dir).is_dir():
-        raise ConfigError("webui_dir", f"not a directory: {webui_dir}")
+def _expanded(field: str, value: str, errors: list[ConfigError]) -> str:
     try:
-        index = os.lstat(os.path.join(webui_dir, "index.html"))
-    except OSError:
-        raise ConfigError("webui_dir", f"no index.html in {webui_dir}") from None
-    if not stat.S_ISREG(index.st_mode):
-        raise ConfigError(
-            "webui_dir", f"index.html in {webui_dir} is not a regular file"
+        return _expand(field, value) if value else ""
+    except ConfigError as exc:
+        errors.append(exc)
+        return value
+
+
+_ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
+_STORE_SCHEMES = ("redis://", "rediss://")
+
+
+def _check_store(value: str, errors: list[ConfigError]) -> None:
+    if value in ("sqlite", "memory") or value.startswith(_STORE_SCHEMES):
+        return
+    errors.append(
+        ConfigError(
+            "session_store",
+            f"must be sqlite, memory or a redis:// URL (got {_masked_url(value)!r})",
         )
+    )
+
+
+def _masked_url(value: str) -> str:
+    """A URL with any password in it replaced, for messages and logs."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1********@", value)
+
+
+def _check_webui_dir(cfg: ChannelConfig, errors: list[ConfigError]) -> str:
+    """``webui_dir`` made absolute; it must hold a regular ``index.html``."""
+    webui_dir = os.path.abspath(_expanded("webui_dir", cfg.webui_dir, errors))
+    if not cfg.webui:
+        errors.append(ConfigError("webui_dir", "set, but webui is off (--no-webui)"))
+    elif not Path(webui_dir).is_dir():
+        errors.append(ConfigError("webui_dir", f"not a directory: {webui_dir}"))
+    else:
+        try:
+            index = os.lstat(os.path.join(webui_dir, "index.html"))
+        except OSError:
+            errors.append(ConfigError("webui_dir", f"no index.html in {webui_dir}"))
+        else:
+            if not stat.S_ISREG(index.st_mode):
+                errors.append(
+                    ConfigError(
+                        "webui_dir", f"index.html in {webui_dir} is not a regular file"
+                    )
+                )
     return webui_dir
 
 
@@ -339,60 +441,75 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
 
     Returns a copy with ``~`` expanded in ``unix_socket_path``, ``data_dir``,
     ``ssl_certfile``, ``ssl_keyfile`` and ``workspace_dir``, ``webui_dir``
-    made absolute and ``log_level`` lower-cased, so the
-    rest of the server never re-interprets them. Raises :class:`ConfigError`
-    naming the field for the first rule broken.
+    made absolute and ``log_level`` lower-cased, so the rest of the server
+    never re-interprets them. Raises :class:`ConfigErrors` naming the field
+    of every rule broken.
     """
+    errors: list[ConfigError] = []
     if not cfg.path.startswith("/"):
-        raise ConfigError("path", f"must start with '/' (got {cfg.path!r})")
+        errors.append(ConfigError("path", f"must start with '/' (got {cfg.path!r})"))
     issue = cfg.token_issue_path
     if issue and not issue.startswith("/"):
-        raise ConfigError("token_issue_path", f"must start with '/' (got {issue!r})")
-    if issue and normalize_path(issue) == normalize_path(cfg.path):
-        raise ConfigError("token_issue_path", "must differ from path")
-    if not cfg.host:
-        raise ConfigError("host", "must not be empty (use 0.0.0.0 or :: for all)")
-    if cfg.host in WILDCARD_HOSTS and not (cfg.token or cfg.token_issue_secret):
-        raise ConfigError(
-            "host", f"{cfg.host} requires token or token_issue_secret to be set"
+        errors.append(
+            ConfigError("token_issue_path", f"must start with '/' (got {issue!r})")
         )
-    unix_socket_path = cfg.unix_socket_path
-    if unix_socket_path:
-        unix_socket_path = _expand("unix_socket_path", unix_socket_path)
-        if not os.path.isabs(unix_socket_path):
-            raise ConfigError(
+    elif issue and normalize_path(issue) == normalize_path(cfg.path):
+        errors.append(ConfigError("token_issue_path", "must differ from path"))
+    if not cfg.host:
+        errors.append(
+            ConfigError("host", "must not be empty (use 0.0.0.0 or :: for all)")
+        )
+    if cfg.host in WILDCARD_HOSTS and not (cfg.token or cfg.token_issue_secret):
+        errors.append(
+            ConfigError(
+                "host", f"{cfg.host} requires token or token_issue_secret to be set"
+            )
+        )
+    unix_socket_path = _expanded("unix_socket_path", cfg.unix_socket_path, errors)
+    if unix_socket_path and not os.path.isabs(unix_socket_path):
+        errors.append(
+            ConfigError(
                 "unix_socket_path", f"must be absolute (got {cfg.unix_socket_path!r})"
             )
-    certfile = _expand("ssl_certfile", cfg.ssl_certfile) if cfg.ssl_certfile else ""
-    keyfile = _expand("ssl_keyfile", cfg.ssl_keyfile) if cfg.ssl_keyfile else ""
-    _check_tls(cfg, certfile, keyfile)
+        )
+    certfile = _expanded("ssl_certfile", cfg.ssl_certfile, errors)
+    keyfile = _expanded("ssl_keyfile", cfg.ssl_keyfile, errors)
+    _check_tls(cfg, certfile, keyfile, errors)
     log_level = cfg.log_level.lower()
     if log_level not in LOG_LEVELS:
-        raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
-    if not _is_agent_spec(cfg.agent):
-        raise ConfigError(
-            "agent", f"must look like package.module:function (got {cfg.agent!r})"
+        errors.append(
+            ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         )
-    if not cfg.data_dir:
-        raise ConfigError("data_dir", "must not be empty")
-    _check_store(cfg.session_store)
+    if not _is_agent_spec(cfg.agent):
+        errors.append(
+            ConfigError(
+                "agent", f"must look like package.module:function (got {cfg.agent!r})"
+            )
+        )
+    data_dir = cfg.data_dir
+    if not data_dir:
+        errors.append(ConfigError("data_dir", "must not be empty"))
+    else:
+        data_dir = _expanded("data_dir", data_dir, errors)
+    workspace_dir = _expanded("workspace_dir", cfg.workspace_dir, errors)
+    if workspace_dir and not Path(workspace_dir).is_dir():
+        errors.append(ConfigError("workspace_dir", f"not a directory: {workspace_dir}"))
+    _check_store(cfg.session_store, errors)
     for origin in cfg.allowed_origins:
         if not _ORIGIN_RE.fullmatch(origin):
-            raise ConfigError(
-                "allowed_origins",
-                f"{origin!r} is not an origin like https://chat.example.com[:port]",
+            errors.append(
+                ConfigError(
+                    "allowed_origins",
+                    f"{origin!r} is not an origin like https://chat.example.com[:port]",
+                )
             )
-    data_dir = _expand("data_dir", cfg.data_dir)
-    workspace_dir = cfg.workspace_dir
-    if workspace_dir:
-        workspace_dir = _expand("workspace_dir", workspace_dir)
-        if not Path(workspace_dir).is_dir():
-            raise ConfigError("workspace_dir", f"not a directory: {workspace_dir}")
-    webui_dir = _check_webui_dir(cfg) if cfg.webui_dir else ""
+    webui_dir = _check_webui_dir(cfg, errors) if cfg.webui_dir else ""
+    if errors:
+        raise ConfigErrors(errors)
     return msgspec.structs.replace(
         cfg,
-        workspace_dir=workspace_dir,
         webui_dir=webui_dir,
+        workspace_dir=workspace_dir,
         unix_socket_path=unix_socket_path,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,

@@ -11,7 +11,10 @@ name, so :func:`overrides_from_args` is a plain lookup and
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
+
+from .config import ENV_FOR_FIELD, SECRET_FIELDS, ChannelConfig
 
 __all__ = [
     "CONFIG_DEST",
@@ -43,6 +46,7 @@ FLAG_FOR_FIELD: Mapping[str, str] = {
     "data_dir": "--data-dir",
     "agent": "--agent",
     "log_level": "--log-level",
+    "log_format": "--log-format",
     "max_connections": "--max-connections",
     "handshake_timeout_s": "--handshake-timeout",
     "rate_limit": "--rate-limit",
@@ -88,6 +92,7 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
     "data_dir": (str, "DIR", "directory for sessions, media and secrets"),
     "agent": (str, "MODULE:FUNCTION", "agent coroutine to run"),
     "log_level": (str, "LEVEL", "debug, info, warning, error or critical"),
+    "log_format": (str, "FORMAT", "text (one line per record) or json"),
     "max_connections": (int, "N", "open WebSocket connections before 503"),
     "handshake_timeout_s": (float, "SECONDS", "deadline for the HTTP request head"),
     "rate_limit": (float, "PER_SECOND", "messages per second per connection; 0=off"),
@@ -122,6 +127,24 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
 }
 
 
+def _default_text(field: str) -> str:
+    if field in SECRET_FIELDS:
+        return "none"
+    value = getattr(ChannelConfig(), field)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, str):
+        return json.dumps(value) if value == "" or " " in value else value
+    return str(value)
+
+
+def _where(field: str) -> str:
+    """``sets FIELD; default D; env VAR``: the tail of every flag's help."""
+    return f"(sets {field}; default {_default_text(field)}; env {ENV_FOR_FIELD[field]})"
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` flags to *parser*; every default is ``None``.
 
@@ -154,7 +177,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                 metavar="ID",
                 default=None,
                 help="admit this client_id; repeat for more, '*' for all "
-                "(sets allow_from)",
+                + _where(field),
             )
         elif field in _SWITCHES_OFF:
             parser.add_argument(
@@ -163,7 +186,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                 action="store_const",
                 const=False,
                 default=None,
-                help=f"{_SWITCHES_OFF[field]} (sets {field}=false)",
+                help=f"{_SWITCHES_OFF[field]} {_where(field)}",
             )
         else:
             kind, metavar, text = _VALUED[field]
@@ -173,7 +196,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                 type=kind,
                 metavar=metavar,
                 default=None,
-                help=f"{text} (sets {field})",
+                help=f"{text} {_where(field)}",
             )
 
 

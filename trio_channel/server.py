@@ -40,6 +40,7 @@ from .dispatch import Dispatcher
 from .http.api import HttpApp
 from .http.head import BadRequest, RequestHead, is_upgrade_request, read_request_head
 from .http.response import Responder
+from .logs import log_connection_closed, log_connection_opened, log_handshake_refused
 from .media.rewrite import MediaLinker
 from .media.signing import MediaSigner, load_or_create_secret
 from .metrics import ChannelMetrics
@@ -282,6 +283,7 @@ class Channel:
         )
         if isinstance(head, BadRequest):
             self.metrics.handshake(head.status)
+            log_handshake_refused(head.status, peer, "bad request head")
             await out.text(head.status, b"Bad Request")
             return
         if not is_upgrade_request(head):
@@ -305,7 +307,12 @@ class Channel:
             status = 403
         if status is not None:
             self.metrics.handshake(status)
-            log.info("refused a WebSocket handshake from %s: %d", peer, status)
+            reason = (
+                "origin or host not allowed"
+                if status == 403
+                else "bad websocket handshake"
+            )
+            log_handshake_refused(status, peer, reason)
             body = b"Forbidden" if status == 403 else b"Bad WebSocket handshake"
             await out.text(status, body)
             return
@@ -320,7 +327,7 @@ class Channel:
         if not isinstance(decision, Accept) or self._draining:
             refusal = SERVICE_UNAVAILABLE if isinstance(decision, Accept) else decision
             self.metrics.handshake(refusal.status)
-            log.info("refused a WebSocket handshake from %s: %d", peer, refusal.status)
+            log_handshake_refused(refusal.status, peer, refusal.body)
             await out.text(refusal.status, refusal.body.encode())
             return
         self.open_connections += 1
@@ -373,15 +380,11 @@ class Channel:
         opened = trio.current_time()
         self._live.add(conn)
         self.metrics.connection_opened()
-        log.info("connection opened: %s from %s", client_id, peer)
+        log_connection_opened(client_id, peer)
         try:
             await conn.run()
         finally:
             self._live.discard(conn)
             self.metrics.connection_closed()
-            log.info(
-                "connection closed: %s code=%d after %.1fs",
-                client_id,
-                conn.close_code,
-                trio.current_time() - opened,
-            )
+            code = None if conn.close_code == 1006 else conn.close_code
+            log_connection_closed(client_id, code, trio.current_time() - opened, peer)

@@ -1,13 +1,18 @@
-"""A small trio_channel client: tokens, chats, a second connection, a stream.
+"""A small client without the library: tokens, chats, a second connection,
+a stream, resume. (``trio_channel.client`` does all of this for you; see
+docs/client.md. This script shows the frames.)
 
-Start a daemon with the token-issue route on, for example:
+Start a daemon with the token-issue route on and a secret, the secret in the
+environment rather than on the command line (where ``ps`` shows it):
 
+    export TRIO_CHANNEL_TOKEN_ISSUE_SECRET=s3cret
     python -m trio_channel serve --port 0 --token-issue-path /auth/token \
-        --token-issue-secret s3cret --data-dir "$(mktemp -d)"
+        --data-dir "$(mktemp -d)"
 
-then point this script at the URL it logs (``listening on ws://...``):
+then, in a shell with the same variable set, point this script at the URL it
+logs (``listening on ws://...``):
 
-    python docs/examples/client.py --url ws://127.0.0.1:PORT/ --secret s3cret
+    python docs/examples/client.py --url ws://127.0.0.1:PORT/
 
 Needs the ``websockets`` library (``python -m pip install websockets``). It uses
 the synchronous client; nothing here depends on trio.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.parse
 import urllib.request
@@ -90,13 +96,15 @@ def assemble(events: list[Event]) -> dict[tuple[str, str], str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8765/", help="WebSocket URL")
-    parser.add_argument("--secret", required=True, help="token-issue secret")
     parser.add_argument("--token-path", default="/auth/token", help="issue route")
     args = parser.parse_args()
     url = args.url
+    secret = os.environ.get("TRIO_CHANNEL_TOKEN_ISSUE_SECRET", "")
+    if not secret:
+        parser.error("set TRIO_CHANNEL_TOKEN_ISSUE_SECRET to the daemon's secret")
 
     # 1. A token, then connection A. The first frame is always "ready".
-    token_a = issue_token(url, args.token_path, args.secret)
+    token_a = issue_token(url, args.token_path, secret)
     with ws_connect(url, "docs-a", token_a) as a:
         ready = recv(a)
         default_chat = ready["chat_id"]
@@ -114,7 +122,7 @@ def main() -> int:
         print(f"A opened chat {chat_id}")
 
         # 4. Connection B (its own token) attaches to the same chat.
-        token_b = issue_token(url, args.token_path, args.secret)
+        token_b = issue_token(url, args.token_path, secret)
         with ws_connect(url, "docs-b", token_b) as b:
             recv(b)  # ready (B's own default chat)
             send(b, type="attach", chat_id=chat_id)
@@ -135,7 +143,7 @@ def main() -> int:
         turn(a, chat_id)
 
     # 7. B comes back and resumes after the last seq it saw: no gap, no repeat.
-    token_b = issue_token(url, args.token_path, args.secret)
+    token_b = issue_token(url, args.token_path, secret)
     with ws_connect(url, "docs-b", token_b) as b:
         recv(b)
         send(b, type="attach", chat_id=chat_id, since_seq=last_seq)

@@ -484,16 +484,6 @@ def test_trimmed_history_says_so(ui: UI, spawn: DaemonFactory) -> None:
     expect(turns(page)).to_have_count(1)
 
 
-def test_a_refused_bootstrap_is_explained(ui: UI, spawn: DaemonFactory) -> None:
-    """With a token-issue secret the page cannot get a token on its own."""
-    daemon = spawn("--token-issue-secret", "only-for-scripts")
-    page = ui.page
-    page.goto(daemon.http_url)
-    expect(page.locator("#banner")).to_contain_text("needs a secret")
-    expect(page.locator("#conn-status")).not_to_have_attribute("data-state", "online")
-    assert ui.page_errors == []
-
-
 # --- chats, layout, console --------------------------------------------------------
 
 
@@ -562,3 +552,33 @@ def test_no_console_errors(ui: UI, spawn: DaemonFactory) -> None:
     expect(agent(page)).to_have_count(2)
     page.wait_for_timeout(300)
     assert ui.console_errors == []
+
+
+# --- a server with a secret ------------------------------------------------------
+
+
+def test_a_server_with_a_secret_asks_for_it(ui: UI, spawn: DaemonFactory) -> None:
+    daemon = spawn("--token-issue-secret", "s3cret")
+    page = ui.page
+    page.goto(daemon.http_url)
+    form = page.locator("#secret-form")
+    expect(form).to_be_visible()
+    expect(page.locator("#secret-label")).to_contain_text("needs its secret")
+    # A wrong secret is refused and asked for again.
+    page.locator("#secret-input").fill("wrong")
+    page.locator("#secret-form button").click()
+    expect(page.locator("#secret-label")).to_contain_text("refused that secret")
+    page.locator("#secret-input").fill("s3cret")
+    page.locator("#secret-form button").click()
+    expect(page.locator("#conn-status")).to_have_attribute("data-state", "online")
+    expect(form).to_be_hidden()
+    send(page, "hello with a secret")
+    expect(agent(page)).to_have_text(["hello with a secret"])
+    # Kept for this tab only, never in the address.
+    assert page.evaluate("sessionStorage.getItem('trio_channel.secret')") == "s3cret"
+    assert "s3cret" not in page.url
+    # A reload of the tab connects without asking again.
+    page.reload()
+    expect(page.locator("#conn-status")).to_have_attribute("data-state", "online")
+    expect(form).to_be_hidden()
+    assert [e for e in ui.console_errors if "401" not in e] == []

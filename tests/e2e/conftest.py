@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+#: The daemon runs from the repository root, so ``--agent tests.e2e.…`` works.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0

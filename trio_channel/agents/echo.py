@@ -9,11 +9,14 @@ Per inbound message it reports ``goal_status`` running, then answers:
 - anything else: a ``message`` echoing the content, with the message's media
   paths;
 
-then ``turn_end`` with ``latency_ms`` and ``goal_status`` idle. Turns that
-wait (``sleep:``) run in tasks of their own, so they do not hold up other
-chats, at most :data:`MAX_CONCURRENT_TURNS` at a time (past that the agent
-stops taking messages, which back-pressures the server); every other turn is
-answered as it arrives, without a task or a scheduler pass of its own.
+then ``turn_end`` with ``latency_ms`` and ``goal_status`` idle. Turns go
+through :class:`~trio_channel.agents.turns.ChatTurns`: a chat's messages are
+answered in the order they came (``second`` waits for ``sleep:1 first``),
+``idle`` comes after the chat's last queued turn, and other chats go on
+meanwhile, at most :data:`MAX_CONCURRENT_TURNS` at a time (past that the
+agent stops taking messages, which back-pressures the server). A turn that
+never waits, in a chat that is idle, is answered as it arrives, without a
+task or a scheduler pass of its own.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from ..core.events import (
     StreamEnd,
     TurnEnd,
 )
+from .turns import emit as _emit
+from .turns import run_turns
 
 MAX_STREAM_DELTAS = 10_000
 MAX_SLEEP_S = 30.0
@@ -47,52 +52,43 @@ async def echo_agent(
     outbound: trio.MemorySendChannel[AgentEvent],
 ) -> None:
     """Answer every inbound message until the server closes the bus."""
-    turns = trio.Semaphore(MAX_CONCURRENT_TURNS)
-    async with inbound, outbound, trio.open_nursery() as nursery:
-        async for message in inbound:
-            if _SLEEP_RE.fullmatch(message.content.strip()):
-                # Only a turn that waits needs a task of its own.
-                await turns.acquire()
-                nursery.start_soon(_turn, message, outbound, turns)
-            else:
-                try:
-                    await answer(message, outbound)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the server is gone; nobody is left to answer
+    await run_turns(
+        inbound,
+        outbound,
+        reply,
+        max_concurrent=MAX_CONCURRENT_TURNS,
+        inline=_answers_at_once,
+    )
 
 
-async def _turn(
-    message: InboundMessage,
-    outbound: trio.MemorySendChannel[AgentEvent],
-    turns: trio.Semaphore,
-) -> None:
-    try:
-        await answer(message, outbound)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return  # the server is gone; nobody is left to answer
-    finally:
-        turns.release()
-
-
-async def _emit(
-    outbound: trio.MemorySendChannel[AgentEvent], event: AgentEvent
-) -> None:
-    """Send without a scheduler pass when there is room (the common case)."""
-    try:
-        outbound.send_nowait(event)
-    except trio.WouldBlock:
-        await outbound.send(event)
+def _answers_at_once(message: InboundMessage) -> bool:
+    return not _SLEEP_RE.fullmatch(message.content.strip())
 
 
 async def answer(
     message: InboundMessage, outbound: trio.MemorySendChannel[AgentEvent]
 ) -> None:
-    """Run one turn for ``message``, sending events as they are produced."""
+    """One whole turn for ``message``: running, the reply, turn_end, idle.
+
+    For agents that run turns themselves; :func:`echo_agent` uses
+    :func:`reply` through :func:`~trio_channel.agents.turns.run_turns`.
+    """
     chat_id = message.chat_id
     started = trio.current_time()
     await _emit(
         outbound, GoalStatus(chat_id=chat_id, status="running", started_at=time.time())
     )
+    await reply(message, outbound)
+    latency_ms = round((trio.current_time() - started) * 1000)
+    await _emit(outbound, TurnEnd(chat_id=chat_id, latency_ms=latency_ms))
+    await _emit(outbound, GoalStatus(chat_id=chat_id, status="idle"))
+
+
+async def reply(
+    message: InboundMessage, outbound: trio.MemorySendChannel[AgentEvent]
+) -> None:
+    """Send the echo agent's answer to ``message`` (no status, no turn_end)."""
+    chat_id = message.chat_id
     content = message.content.strip()
     streaming = bool(message.metadata.get("streaming", True))
     stream = _STREAM_RE.fullmatch(content)
@@ -121,6 +117,3 @@ async def answer(
                 media=list(message.media) or None,
             ),
         )
-    latency_ms = round((trio.current_time() - started) * 1000)
-    await _emit(outbound, TurnEnd(chat_id=chat_id, latency_ms=latency_ms))
-    await _emit(outbound, GoalStatus(chat_id=chat_id, status="idle"))

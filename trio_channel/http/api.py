@@ -34,6 +34,7 @@ from ..config import ChannelConfig
 from ..core.auth import IssuedTokenStore, split_target
 from ..core.hub import ChatHub
 from ..core.session import Peer
+from ..logs import log_http_request
 from ..media.signing import MediaSigner, MediaUrlError
 from ..store.base import ChatMeta, DeleteChat, SessionStore, StoreError, UserMessage
 from ..store.committer import StoreUnavailable
@@ -122,6 +123,8 @@ class HttpApp:
             await self._answer(out, head, peer)
         except PeerGone:
             return
+        finally:
+            log_http_request(head.method, head.target, out.status or 0, peer)
 
     async def _answer(self, out: Responder, head: RequestHead, peer: Peer) -> None:
         raw_path, query = split_target(head.target)

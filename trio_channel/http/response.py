@@ -125,6 +125,8 @@ class Responder:
     send_timeout_s: float
     _conn: h11.Connection = attrs.field(init=False)
     _pending: bytes = attrs.field(default=b"", init=False)
+    #: The status sent (for the access log); None until :meth:`start`.
+    status: int | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         conn = self.head.conn if self.head is not None else None
@@ -155,6 +157,7 @@ class Responder:
         await self.end()
 
     def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.status = status
         response = h11.Response(
             status_code=status,
             headers=[*headers, ("Connection", "close")],

@@ -4,7 +4,8 @@
  *
  * Served at / (index.html), /app.js and /style.css.
  *
- * Contract (PROTOCOL.md): GET /api/bootstrap before every (re)connect (its
+ * Contract (docs/protocol.md and docs/http-api.md in the trio_channel
+ * repository): GET /api/bootstrap before every (re)connect (its
  * token opens ONE WebSocket and is an API token until it expires), the
  * WebSocket at ws_url?client_id=webui-…&token=…, GET /api/sessions for the
  * sidebar, GET /api/sessions/{key}/webui-thread for an opened chat's history.
@@ -12,6 +13,10 @@
  * highest one it has shown per chat, ignores anything at or below it, and
  * re-attaches with `since_seq` after a reconnect, so a reply interrupted by a
  * restart is completed and shown once.
+ *
+ * A server with a secret (token_issue_secret, or a static token) answers
+ * bootstrap 401: the page then asks for it, keeps it in sessionStorage (this
+ * tab only, never in the URL) and sends it as `Authorization: Bearer`.
  *
  * Safety: text from the agent (and the user) only ever reaches the page
  * through createElement/textContent; links must be http(s), images must be
@@ -75,6 +80,9 @@
     run: $("run-status"),
     conn: $("conn-status"),
     banner: $("banner"),
+    secretForm: $("secret-form"),
+    secretInput: $("secret-input"),
+    secretLabel: $("secret-label"),
     messages: $("messages"),
     composer: $("composer"),
     attachments: $("attachments"),
@@ -98,6 +106,8 @@
     current: null,
     apiToken: "",
     apiTokenUntil: 0,
+    /* The server's secret, when it needs one (also in sessionStorage). */
+    secret: "",
     pendingNewChat: false,
     /* The last message sent, so an error answering it can mark it. */
     lastSent: null,
@@ -714,13 +724,55 @@
     return true;
   }
 
+  /* The server's secret, kept for this tab only (sessionStorage). */
+  const SECRET_KEY = "trio_channel.secret";
+
+  function storedSecret() {
+    try {
+      return sessionStorage.getItem(SECRET_KEY) || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function storeSecret(value) {
+    try {
+      if (value) sessionStorage.setItem(SECRET_KEY, value);
+      else sessionStorage.removeItem(SECRET_KEY);
+    } catch (_) {
+      /* storage off: the secret lasts until the page reloads */
+    }
+    state.secret = value;
+  }
+
+  function askForSecret(text) {
+    el.secretLabel.textContent = text;
+    el.secretForm.hidden = false;
+    hideBanner();
+    setConn("offline");
+    el.secretInput.focus();
+  }
+
   async function bootstrap() {
     let res;
+    const secret = state.secret || storedSecret();
+    const headers = secret ? { Authorization: "Bearer " + secret } : {};
     try {
-      res = await fetch("/api/bootstrap", { cache: "no-store", credentials: "same-origin" });
+      res = await fetch("/api/bootstrap", { cache: "no-store", credentials: "same-origin", headers });
     } catch (_) {
       throw new Error("The server cannot be reached.");
     }
+    if (res.status === 401) {
+      if (secret) storeSecret("");
+      const err = new Error(
+        secret
+          ? "The server refused that secret. Type it again:"
+          : "This server needs its secret to hand out connection tokens. Type it to connect:",
+      );
+      err.needsSecret = true;
+      throw err;
+    }
+    if (res.ok) el.secretForm.hidden = true;
     if (!res.ok) {
       let detail = "";
       try {
@@ -729,7 +781,6 @@
         /* ignore */
       }
       const why = {
-        401: "The server needs a secret before it hands out connection tokens, so this page cannot connect on its own.",
         403: "Open this page on the machine the server runs on: it only hands out connection tokens to localhost.",
         404: "This server does not offer /api/bootstrap, so the page cannot connect.",
         429: "The server has handed out too many connection tokens; retrying.",
@@ -767,6 +818,10 @@
       ws = new WebSocket(socketUrl(boot));
     } catch (err) {
       state.connecting = false;
+      if (err.needsSecret) {
+        askForSecret(err.message); // connects again once it is typed
+        return;
+      }
       if (state.failures >= 1 || !state.everOnline) showBanner(err.message);
       scheduleReconnect();
       return;
@@ -1222,5 +1277,15 @@
 
   renderAttachments();
   setConn("connecting");
+  el.secretForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const value = el.secretInput.value;
+    if (!value) return;
+    el.secretInput.value = "";
+    el.secretForm.hidden = true;
+    storeSecret(value);
+    reconnectNow();
+  });
+
   connect();
 })();
