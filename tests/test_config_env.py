@@ -94,7 +94,7 @@ def test_flags_beat_the_environment_which_beats_the_file(tmp_path) -> None:
         ("TRIO_CHANNEL_PING_TIMEOUT_S", "nan", "expected a finite number"),
         ("TRIO_CHANNEL_ALLOW_FROM", "[1]", "expected a JSON array of strings"),
         ("TRIO_CHANNEL_PORT", "70000", "expected int <= 65535"),
-        ("TRIO_CHANNEL_SESSION_STORE", "redis", "invalid enum value"),
+        ("TRIO_CHANNEL_SQLITE_SYNCHRONOUS", "sometimes", "invalid enum value"),
     ],
 )
 def test_a_bad_value_names_field_and_variable(var: str, value: str, message: str):
@@ -137,13 +137,17 @@ def test_print_config_masks_secrets_and_says_where_values_came_from() -> None:
 @pytest.fixture
 def log_text():
     stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
 
     def setup(fmt: str = "text") -> io.StringIO:
         setup_logging("info", fmt, stream)
         return stream
 
     yield setup
-    logging.getLogger().handlers.clear()
+    # Give pytest its handlers back (caplog in later tests relies on them).
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
 
 
 def test_access_lines_are_one_line_and_quote_what_a_client_chose(log_text) -> None:

@@ -17,7 +17,6 @@ import keyword
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +24,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from .config_env import ENV_PREFIX, env_var, field_types, parse_env_value
+from .config_errors import ConfigError, ConfigErrors
+from .config_files import read_config_file
 
 __all__ = [
     "ENV_FOR_FIELD",
@@ -117,44 +118,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 
 
-class ConfigError(Exception):
-    """A configuration problem, reported as one line: ``field: message``.
-
-    ``field`` is a :class:`ChannelConfig` field name, or ``config`` when the
-    file itself cannot be used. The text never spans lines, so the CLI can
-    print ``config error: {err}`` and exit 2 without a traceback.
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(field, message)
-        self.field = _one_line(field)
-        self.message = _one_line(message)
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-
-class ConfigErrors(ConfigError):
-    """Several configuration problems at once; ``errors`` lists every one.
-
-    It is a :class:`ConfigError` (the first problem), so code that reports one
-    line still works; the CLI prints one ``config error:`` line per entry.
-    """
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        if not errors:
-            raise ValueError("ConfigErrors needs at least one error")
-        super().__init__(errors[0].field, errors[0].message)
-        self.errors = list(errors)
-
-    def __reduce__(self) -> tuple[type[ConfigErrors], tuple[list[ConfigError]]]:
-        return (ConfigErrors, (self.errors,))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def normalize_path(p: str) -> str:
     """Return the request path as routing compares it.
 
@@ -169,52 +132,6 @@ def normalize_path(p: str) -> str:
 # --- files ---------------------------------------------------------------
 
 
-def _camel(field: str) -> str:
-    head, *rest = field.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-#: ``pingIntervalS`` -> ``ping_interval_s``: the spelling nanobot writes
-#: (pydantic's ``to_camel``). Only exact spellings map, so a typo such as
-#: ``Port`` is reported as an unknown field rather than guessed at.
-_FIELD_FOR_CAMEL: Mapping[str, str] = {_camel(f): f for f in FIELD_NAMES}
-
-
-def _decode(data: bytes, suffix: str) -> object:
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError("config", f"invalid TOML: {exc}") from None
-    if suffix == ".json":
-        try:
-            return msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            raise ConfigError("config", f"invalid JSON: {exc}") from None
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError as json_exc:
-        try:
-            return tomllib.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as toml_exc:
-            raise ConfigError(
-                "config", f"neither JSON ({json_exc}) nor TOML ({toml_exc})"
-            ) from None
-
-
-def _section(doc: object) -> dict[str, object]:
-    """Return the websocket section: nanobot's nested one, or the top level."""
-    if not isinstance(doc, dict):
-        raise ConfigError("config", "top level must be an object (a table)")
-    channels = doc.get("channels")
-    if channels is None:
-        return doc
-    websocket = channels.get("websocket") if isinstance(channels, dict) else None
-    if not isinstance(websocket, dict):
-        raise ConfigError("config", "channels.websocket must be an object (a table)")
-    return websocket
-
-
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
     """Read a config file into a mapping of :class:`ChannelConfig` field names.
 
@@ -224,22 +141,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, object]:
     have. camelCase keys of known fields become snake_case; the values are
     not checked here (:func:`build_config` does that after layering).
     """
-    name = os.fspath(path)
-    try:
-        data = Path(name).read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError("config", f"cannot read {name}: {reason}") from None
-    section = _section(_decode(data, Path(name).suffix.lower()))
-    result: dict[str, object] = {}
-    spelled: dict[str, str] = {}
-    for key, value in section.items():
-        field = _FIELD_FOR_CAMEL.get(key, key)
-        if field in spelled:
-            raise ConfigError(field, f"given twice (as {spelled[field]} and {key})")
-        spelled[field] = key
-        result[field] = value
-    return result
+    return read_config_file(path, FIELD_NAMES)
 
 
 # --- building ------------------------------------------------------------

@@ -312,7 +312,8 @@ class ClientSession:
             SessionUpdated(chat_id=chat_id, scope="metadata", workspace_scope=scope),
         ]
         replies += self.hub.hydration(chat_id)
-        return Effects(replies, scope_change=(chat_id, scope) if scope else None)
+        # The chat is kept from now on (it is listed before anything is said).
+        return Effects(replies, scope_change=(chat_id, scope))
 
     def _attach(self, request: Attach, log: ChatLog) -> Effects:
         chat_id = request.chat_id
