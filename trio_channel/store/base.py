@@ -33,9 +33,11 @@ __all__ = [
     "AppendEvent",
     "AppendUserMessage",
     "Appended",
+    "Broadcast",
     "ChatMeta",
     "DeleteChat",
     "EventPage",
+    "Fenced",
     "SessionStore",
     "StoreError",
     "StoreOp",
@@ -93,6 +95,9 @@ class ChatMeta:
     goal_state: dict[str, Any] | None = None
     title: str | None = None
     preview: str | None = None
+    #: Unix seconds while a turn runs, as every node knows it (shared stores
+    #: only; a single daemon knows it from its own agent).
+    run_started_at: float | None = None
 
 
 @attrs.frozen
@@ -135,6 +140,9 @@ class AppendEvent:
     at: float
     #: The text of a ``message`` event: the chat's preview until it has one.
     text: str | None = None
+    #: The fencing token of the agent's partition lease (several daemons):
+    #: a write from a node that lost the lease is refused (:class:`Fenced`).
+    fence: str | None = None
 
 
 @attrs.frozen
@@ -145,6 +153,11 @@ class AppendUserMessage:
     content: str
     media: tuple[str, ...] = ()
     turn_id: str | None = None
+    #: Makes a retried append idempotent where a batch is not atomic (Redis).
+    message_id: str | None = None
+    #: The message for the agents, encoded, where the store carries it to
+    #: them (:attr:`SessionStore.shared`); stored and handed over at once.
+    inbound: bytes | None = None
 
 
 @attrs.frozen
@@ -165,7 +178,22 @@ class DeleteChat:
     chat_id: str
 
 
-StoreOp = AppendEvent | AppendUserMessage | UpdateChat | DeleteChat
+@attrs.frozen
+class Broadcast:
+    """An event that is not in the log, for the subscribers of every node.
+
+    Only a shared store (:attr:`SessionStore.shared`) does anything with it;
+    ``running`` keeps a ``goal_status`` visible to every node's hydration
+    and sessions list: ``(True, started_at)`` or ``(False, None)``.
+    """
+
+    chat_id: str
+    payload: bytes
+    kind: str
+    running: tuple[bool, float | None] | None = None
+
+
+StoreOp = AppendEvent | AppendUserMessage | UpdateChat | DeleteChat | Broadcast
 
 
 @attrs.frozen
@@ -182,10 +210,18 @@ class StoredUserMessage:
     epoch: str
 
 
-#: One result per operation: :class:`Appended`, :class:`StoredUserMessage`,
-#: the chat's :class:`ChatMeta` for :class:`UpdateChat`, and for
-#: :class:`DeleteChat` whether there was a chat to delete.
-StoreResult = Appended | StoredUserMessage | ChatMeta | bool
+@attrs.frozen
+class Fenced:
+    """An agent's append refused: its node no longer owns the partition."""
+
+    reason: str
+
+
+#: One result per operation: :class:`Appended` (or :class:`Fenced`),
+#: :class:`StoredUserMessage`, the chat's :class:`ChatMeta` for
+#: :class:`UpdateChat`, for :class:`DeleteChat` whether there was a chat to
+#: delete, and for :class:`Broadcast` None.
+StoreResult = Appended | Fenced | StoredUserMessage | ChatMeta | bool | None
 
 
 class SessionStore(Protocol):
@@ -193,6 +229,9 @@ class SessionStore(Protocol):
 
     #: For logs and the start-up line: ``sqlite /path``, ``memory``, ...
     description: str
+    #: Several daemons share it: events reach other nodes through the store
+    #: and user messages reach the agents through it (Redis).
+    shared: bool
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Open the store, report readiness, then serve until cancelled.

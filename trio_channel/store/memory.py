@@ -50,6 +50,7 @@ class MemoryStore:
 
     history_limit: int = 10_000
     description: str = "memory (nothing is kept after a restart)"
+    shared: bool = attrs.field(default=False, init=False)
     _logs: dict[str, _Log] = attrs.field(factory=dict, init=False)
     #: event id -> (chat_id, seq, payload), for idempotent appends.
     _ids: dict[str, tuple[str, int, bytes]] = attrs.field(factory=dict, init=False)
@@ -68,8 +69,10 @@ class MemoryStore:
                 results.append(self._append_user_message(op))
             elif isinstance(op, UpdateChat):
                 results.append(self._update_chat(op))
-            else:
+            elif isinstance(op, DeleteChat):
                 results.append(self._delete_chat(op))
+            else:
+                results.append(None)  # Broadcast: nobody else to tell
         return results
 
     async def probe(self) -> None:

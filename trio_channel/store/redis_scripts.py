@@ -218,3 +218,90 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 """
+
+# --- reads -------------------------------------------------------------------
+
+#: KEYS: meta log  ARGV: 1 the first entry id wanted (``<after + 1>-0``), 2 limit
+#: -> {epoch or '', top seq, first seq, seq1, payload1, seq2, payload2, ...}
+READ_EVENTS: Final = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'first')
+if not meta[1] then return {'', 0, 1} end
+local out = {meta[1], tonumber(meta[2]), tonumber(meta[3])}
+local rows = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+for _, entry in ipairs(rows) do
+  out[#out + 1] = tonumber(string.match(entry[1], '^(%d+)-'))
+  out[#out + 1] = entry[2][2]
+end
+return out
+"""
+
+#: KEYS: meta -> the meta as a flat list (empty: no chat).
+CHAT_META: Final = """
+return redis.call('HGETALL', KEYS[1])
+"""
+
+#: The newest chats of one partition, with their metas.
+#: KEYS: sessions  ARGV: 1 limit, 2 the partition's key prefix ('tc:{p}:c:')
+#: -> {chat1, {meta1...}, chat2, {meta2...}}; chats whose meta expired are
+#: dropped from the index on the way.
+PARTITION_CHATS: Final = """
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for _, chat in ipairs(ids) do
+  local meta = redis.call('HGETALL', ARGV[2] .. chat .. ':meta')
+  if #meta == 0 then
+    redis.call('ZREM', KEYS[1], chat)
+  else
+    out[#out + 1] = chat
+    out[#out + 1] = meta
+  end
+end
+return out
+"""
+
+#: KEYS: users  ARGV: 1 since seq, 2 limit -> {id1, {fields...}, ...}
+USER_MESSAGES: Final = """
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+local out = {}
+for _, entry in ipairs(rows) do
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[2]
+end
+return out
+"""
+
+#: KEYS: probe  ARGV: 1 node -> 1 (a small real write)
+PROBE: Final = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 10000)
+return 1
+"""
+
+#: KEYS: conf  ARGV: 1 partitions -> the partition count every node must use
+CONFIGURE: Final = """
+redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1])
+return tonumber(redis.call('HGET', KEYS[1], 'partitions'))
+"""
+
+#: KEYS: secret  ARGV: 1 a new secret -> the secret every node signs with
+SHARED_SECRET: Final = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+# --- tokens (one key each: any slot) -------------------------------------------
+
+#: KEYS: token  ARGV: 1 ttl ms
+PUT_TOKEN: Final = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 1
+"""
+
+#: KEYS: token -> 1 when it existed (it is gone now: single use)
+TAKE_TOKEN: Final = """
+return redis.call('DEL', KEYS[1])
+"""
+
+#: KEYS: token -> 1 when it exists (API tokens: valid until they expire)
+HAS_TOKEN: Final = """
+return redis.call('EXISTS', KEYS[1])
+"""

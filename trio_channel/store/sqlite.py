@@ -155,6 +155,7 @@ class SqliteStore:
     synchronous: Literal["normal", "full"] = "normal"
     cache_rows: int = DEFAULT_CACHE_ROWS
     description: str = attrs.field(init=False)
+    shared: bool = attrs.field(default=False, init=False)
     _writer: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _reader: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _write_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
@@ -349,7 +350,9 @@ class _Batch:
             return self._append_user_message(op)
         if isinstance(op, UpdateChat):
             return self._update_chat(op)
-        return self._delete_chat(op)
+        if isinstance(op, DeleteChat):
+            return self._delete_chat(op)
+        return None  # Broadcast: nobody else to tell
 
     def _row(self, chat_id: str) -> _Row | None:
         if chat_id in self.staged:

@@ -1,0 +1,226 @@
+"""The one module that knows coredis (the ``redis`` extra).
+
+Everything else talks to Redis through :class:`RedisLink`: Lua scripts run
+one at a time or pipelined, the blocking stream reads, and a few plain
+commands. Keeping coredis here means one place to change when its API moves
+(the version is pinned to a minor range) and one place that holds the
+lessons of SCALEOUT.md's traps:
+
+- the client's default retry policy re-sends a script after a timeout (one
+  append stored three times): the link uses ``NoRetryPolicy``, and callers
+  retry themselves with the same event ids;
+- no PubSub: its iterator can end silently after a reconnect;
+- ``async with coredis.Redis(...)`` owns an anyio task group, so the link is
+  entered inside our own nursery tree (:meth:`RedisLink.open`).
+
+Errors come out as :class:`~trio_channel.store.base.StoreError`: transient
+for a lost or refused connection and timeouts (retry), not transient for
+an answer Redis refused (a bug, or a full Redis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import attrs
+
+from .base import StoreError
+
+try:
+    import coredis
+    from coredis.exceptions import (
+        ConnectionError as _ConnectionError,
+    )
+    from coredis.exceptions import (
+        RedisError as _RedisError,
+    )
+    from coredis.exceptions import (
+        ResponseError as _ResponseError,
+    )
+    from coredis.retry import NoRetryPolicy
+except ImportError:  # pragma: no cover - the extra is not installed
+    coredis = None  # type: ignore[assignment]
+
+__all__ = ["RedisLink", "Script", "available"]
+
+#: Seconds to wait for a connection, and for an answer (XREAD BLOCK adds its
+#: own block time to this).
+CONNECT_TIMEOUT_S: Final = 2.0
+STREAM_TIMEOUT_S: Final = 10.0
+
+
+def available() -> bool:
+    """Whether the ``redis`` extra (coredis) is installed."""
+    return coredis is not None
+
+
+def _as_store_error(exc: BaseException, what: str) -> StoreError:
+    transient = not isinstance(exc, _ResponseError) or isinstance(exc, _ConnectionError)
+    return StoreError(f"redis: {what}: {exc}", transient=transient)
+
+
+#: What a failing Redis call may raise.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+if coredis is not None:
+    REDIS_ERRORS += (_RedisError,)
+
+
+@attrs.frozen
+class Script:
+    """A Lua script and its name (for error messages)."""
+
+    name: str
+    source: str
+
+
+@attrs.frozen
+class Call:
+    """One script call of a pipeline: ``KEYS`` and ``ARGV``."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[str | bytes | int | float]
+
+
+@attrs.define(eq=False)
+class RedisLink:
+    """A connected client with our scripts registered."""
+
+    client: Any
+    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, url: str) -> AsyncIterator[RedisLink]:
+        """Connect to ``url`` and check it answers; raises :class:`StoreError`."""
+        if coredis is None:
+            raise StoreError(
+                "a redis:// session store needs the redis extra: "
+                "pip install 'trio-channel[redis]'",
+                transient=False,
+            )
+        try:
+            client = coredis.Redis.from_url(
+                url,
+                retry_policy=NoRetryPolicy(),
+                connect_timeout=CONNECT_TIMEOUT_S,
+                stream_timeout=STREAM_TIMEOUT_S,
+                decode_responses=False,
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"redis: bad URL: {exc}", transient=False) from exc
+        async with client:
+            link = cls(client)
+            try:
+                await client.ping()
+            except REDIS_ERRORS as exc:
+                raise _as_store_error(exc, "cannot connect") from exc
+            yield link
+
+    def _registered(self, script: Script) -> Any:
+        registered = self._scripts.get(script.name)
+        if registered is None:
+            registered = self._scripts[script.name] = self.client.register_script(
+                script.source
+            )
+        return registered
+
+    async def run(self, call: Call) -> Any:
+        """Run one script; raises :class:`StoreError`."""
+        try:
+            return await self._registered(call.script)(
+                keys=list(call.keys), args=list(call.args)
+            )
+        except REDIS_ERRORS as exc:
+            raise _as_store_error(exc, call.script.name) from exc
+
+    async def run_all(self, calls: Sequence[Call]) -> list[Any]:
+        """Run scripts in one pipeline, in order; each result or its error.
+
+        A refused script (``redis.error_reply``) comes back as an exception
+        *value* in its place; a lost connection raises :class:`StoreError`
+        for the whole batch (some of it may have run: callers retry with the
+        same ids).
+        """
+        if not calls:
+            return []
+        try:
+            async with self.client.pipeline(
+                transaction=False, raise_on_error=False
+            ) as pipe:
+                for call in calls:
+                    self._registered(call.script)(
+                        keys=list(call.keys), args=list(call.args), client=pipe
+                    )
+            results = list(pipe.results or ())
+        except REDIS_ERRORS as exc:
+            raise _as_store_error(exc, "pipeline") from exc
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, _ResponseError
+            ):
+                raise _as_store_error(result, "pipeline")
+        return results
+
+    async def xread(
+        self, streams: Mapping[str, str], *, count: int, block_ms: int
+    ) -> list[tuple[str, list[tuple[str, dict[str, bytes]]]]]:
+        """``XREAD`` as plain data: ``[(stream, [(id, fields)])]``."""
+        try:
+            answer = await self.client.xread(dict(streams), count=count, block=block_ms)
+        except REDIS_ERRORS as exc:
+            raise _as_store_error(exc, "xread") from exc
+        return _streams(answer)
+
+    async def xreadgroup(
+        self,
+        group: str,
+        consumer: str,
+        streams: Mapping[str, str],
+        *,
+        count: int,
+        block_ms: int | None,
+    ) -> list[tuple[str, list[tuple[str, dict[str, bytes]]]]]:
+        try:
+            answer = await self.client.xreadgroup(
+                group, consumer, dict(streams), count=count, block=block_ms
+            )
+        except REDIS_ERRORS as exc:
+            raise _as_store_error(exc, "xreadgroup") from exc
+        return _streams(answer)
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        """Create the consumer group (and the stream) unless it exists."""
+        try:
+            await self.client.xgroup_create(stream, group, "0", mkstream=True)
+        except _ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise _as_store_error(exc, "xgroup create") from exc
+        except REDIS_ERRORS as exc:
+            raise _as_store_error(exc, "xgroup create") from exc
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self.client.get(key)
+        except REDIS_ERRORS as exc:
+            raise _as_store_error(exc, "get") from exc
+        return value if value is None else bytes(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _streams(answer: Any) -> list[tuple[str, list[tuple[str, dict[str, bytes]]]]]:
+    out: list[tuple[str, list[tuple[str, dict[str, bytes]]]]] = []
+    if not answer:
+        return out
+    for stream, entries in answer.items():
+        rows = []
+        for entry in entries:
+            fields = {_text(k): bytes(v) for k, v in entry.field_values.items()}
+            rows.append((_text(entry.identifier), fields))
+        out.append((_text(stream), rows))
+    return out
