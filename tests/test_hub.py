@@ -44,6 +44,9 @@ class Rec(str):
     def fell_behind(self, chat_id: str) -> None:
         self.behind.append(chat_id)  # type: ignore[attr-defined]
 
+    def log_reset(self, chat_id: str, epoch: str) -> None:
+        self.frames.append(f"reset {epoch}".encode())  # type: ignore[attr-defined]
+
 
 def hub_with(
     subs: dict[str, list[str]], **kw: Any
@@ -365,3 +368,19 @@ def test_a_chat_is_forgotten_when_its_last_subscriber_leaves() -> None:
     assert set(hub.chats) == {"busy"}
     hub.observe(GoalStatus(chat_id="busy", status="idle"))
     assert hub.chats == {}
+
+
+def test_a_new_epoch_resets_every_subscriber() -> None:
+    # The store lost the log (a Redis restart without persistence) and a new
+    # one started: seq 1 again, which the old cursors would drop silently.
+    hub, recs = hub_with({"a": ["x"]})
+    hub.load("x", workspace_scope=None, goal_state=None, last_seq=0, epoch="e1")
+    for seq in (1, 2, 3):
+        hub.publish("x", seq, b"old", "e1")
+    assert hub.publish("x", 1, b"new 1", "e2") == 0
+    a = recs["a"]
+    assert a.frames[-1] == b"reset e2"
+    cursor = hub.cursor(a, "x")
+    assert cursor is not None and (cursor.live, cursor.next_seq) == (False, 1)
+    assert a.behind == ["x"]  # it replays the new log from the store
+    assert hub.chat("x").epoch == "e2"

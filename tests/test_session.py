@@ -49,6 +49,9 @@ class Sub(str):
     def fell_behind(self, chat_id: str) -> None:
         self.__dict__.setdefault("behind", []).append(chat_id)
 
+    def log_reset(self, chat_id: str, epoch: str) -> None:
+        self.__dict__.setdefault("resets", []).append((chat_id, epoch))
+
 
 def make(peer: Peer = LOCAL, *, start: bool = True, **kw: Any) -> ClientSession:
     """A session (default chat HOME; None: a fresh uuid4), started unless told."""

@@ -17,6 +17,7 @@ live in one place:
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +44,7 @@ from .media.signing import MediaSigner
 from .metrics import ChannelMetrics
 from .store.base import (
     AppendUserMessage,
+    Broadcast,
     DeleteChat,
     EventPage,
     SessionStore,
@@ -56,6 +58,8 @@ from .wire.frames import text_frame
 __all__ = ["ChannelBackend"]
 
 log = logging.getLogger("trio_channel.backend")
+
+_inbound = msgspec.json.Encoder()
 
 #: Rows a ``sessions.list`` action answers with at most.
 SESSIONS_LIMIT: Final = 1000
@@ -97,6 +101,8 @@ class ChannelBackend:
             workspace_scope=meta.workspace_scope,
             goal_state=meta.goal_state,
             last_seq=meta.last_seq,
+            epoch=meta.epoch,
+            running_since=meta.run_started_at,
         )
         return ChatLog(meta.epoch, meta.first_seq, meta.last_seq)
 
@@ -129,7 +135,13 @@ class ChannelBackend:
     # --- user messages --------------------------------------------------------------
 
     async def deliver(self, message: InboundMessage) -> None:
-        """Store ``message`` (durably), then hand it to the agent."""
+        """Store ``message`` (durably), then hand it to the agent.
+
+        With a shared store the message reaches the agent through the store:
+        the one write stores it and queues it in its partition's inbox, for
+        whichever node owns the partition (:mod:`trio_channel.cluster`).
+        """
+        shared = self.store.shared
         await self.committer.write(
             AppendUserMessage(
                 message.chat_id,
@@ -138,8 +150,12 @@ class ChannelBackend:
                 message.content,
                 message.media,
                 message.turn_id,
+                message_id=uuid.uuid4().hex if shared else None,
+                inbound=_inbound.encode(message) if shared else None,
             )
         )
+        if shared:
+            return
         try:
             self.inbound.send_nowait(message)
         except trio.WouldBlock:
@@ -165,7 +181,10 @@ class ChannelBackend:
             turn_id=message.turn_id,
             media_urls=urls or None,
         )
-        self.hub.broadcast(message.chat_id, text_frame(encode_event(echo)), skip=sender)
+        payload = encode_event(echo)
+        self.hub.broadcast(message.chat_id, text_frame(payload), skip=sender)
+        if self.store.shared:  # the other nodes' subscribers too
+            self.committer.submit(Broadcast(message.chat_id, payload, "user_message"))
 
     async def save_media(self, session: ClientSession, request: ChatMessage) -> Effects:
         """Decode and save attachments off the event loop; never leave files behind."""

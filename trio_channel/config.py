@@ -84,6 +84,16 @@ class ChannelConfig(
     #: ``full`` also survives power loss, at a measured cost per commit.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     history_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+    #: With a Redis store: partitions of the chats (every node must agree),
+    #: the agents' partition lease, and how long an idle chat is kept.
+    redis_partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    redis_lease_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
+    redis_chat_ttl_s: Annotated[float, msgspec.Meta(ge=60, le=10 * 365 * 86_400)] = (
+        30 * 86_400.0
+    )
+    #: Where attachments are kept; empty: ``<data_dir>/media``. Several
+    #: daemons must share it (a directory every node mounts).
+    media_dir: str = ""
     #: Host names (``Host`` header, any port) accepted besides loopback
     #: when no secret is set; PROTOCOL 1 and 6 (DNS rebinding).
     allowed_hosts: tuple[str, ...] = ()
@@ -393,6 +403,7 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
         errors.append(ConfigError("data_dir", "must not be empty"))
     else:
         data_dir = _expanded("data_dir", data_dir, errors)
+    media_dir = _expanded("media_dir", cfg.media_dir, errors)
     workspace_dir = _expanded("workspace_dir", cfg.workspace_dir, errors)
     if workspace_dir and not Path(workspace_dir).is_dir():
         errors.append(ConfigError("workspace_dir", f"not a directory: {workspace_dir}"))
@@ -411,6 +422,7 @@ def validate_config(cfg: ChannelConfig) -> ChannelConfig:
     return msgspec.structs.replace(
         cfg,
         webui_dir=webui_dir,
+        media_dir=media_dir,
         workspace_dir=workspace_dir,
         unix_socket_path=unix_socket_path,
         ssl_certfile=certfile,

@@ -48,7 +48,15 @@ from .core.events import (
 from .core.hub import ChatHub
 from .media.rewrite import MediaLinker
 from .metrics import ChannelMetrics
-from .store.base import Appended, AppendEvent, StoreResult, UpdateChat
+from .cluster.turnbook import TurnBook
+from .store.base import (
+    Appended,
+    AppendEvent,
+    Broadcast,
+    Fenced,
+    StoreResult,
+    UpdateChat,
+)
 from .store.committer import GroupCommitter
 from .wire.connection import WsConnection
 from .wire.frames import text_frame
@@ -69,6 +77,9 @@ class Dispatcher:
     metrics: ChannelMetrics
     clock: WallClock
     linker: MediaLinker | None = None
+    #: With several daemons: the turns this node's agent answers (event ids,
+    #: fencing tokens, acknowledgements).
+    turns: TurnBook | None = None
     #: Event ids are ``<node>:<counter>``: unique, and increasing within a
     #: run, so the store's index over them is appended to, not scattered.
     node: str = attrs.field(factory=lambda: secrets.token_hex(4))
@@ -111,18 +122,36 @@ class Dispatcher:
         if isinstance(prepared, RuntimeModelUpdated):
             self._in_order(partial(self.hub.broadcast_all, text_frame(payload)))
         elif not prepared.persisted:
-            self._in_order(
-                partial(self.hub.broadcast, prepared.chat_id, text_frame(payload))
-            )
+            fan_out = partial(self.hub.broadcast, prepared.chat_id, text_frame(payload))
+            if self.committer.store.shared:
+                # Every node's subscribers see it, in order with the log.
+                self.committer.submit(
+                    Broadcast(
+                        prepared.chat_id,
+                        payload,
+                        prepared.__struct_config__.tag,  # type: ignore[arg-type]
+                        _running(prepared),
+                    ),
+                    _after_store(fan_out),
+                )
+            else:
+                self._in_order(fan_out)
         else:
+            turn = None
+            if self.turns is not None:
+                turn = self.turns.output(
+                    prepared.chat_id, ends_turn=isinstance(prepared, TurnEnd)
+                )
             op = AppendEvent(
                 prepared.chat_id,
-                f"{self.node}:{next(self._counter):012x}",
+                turn.event_id if turn else f"{self.node}:{next(self._counter):012x}",
                 payload,
                 at=self.clock.now(),
                 text=prepared.text if isinstance(prepared, Message) else None,
+                fence=turn.fence if turn else None,
+                ack=turn.ack if turn else None,
             )
-            self.committer.submit(op, partial(self._published, prepared.chat_id))
+            self.committer.submit(op, partial(self.published, prepared.chat_id))
 
     def _in_order(self, fan_out: Callable[[], object]) -> None:
         """Fan out now if nothing is waiting for the store, else after it."""
@@ -131,9 +160,15 @@ class Dispatcher:
         else:
             self.committer.after(fan_out)
 
-    def _published(self, chat_id: str, result: StoreResult | None) -> None:
+    def published(self, chat_id: str, result: StoreResult | None) -> None:
+        """Fan an event out once the store holds it (a committer callback)."""
+        if isinstance(result, Fenced):
+            # This node lost the chat's partition: the new owner re-runs the
+            # turn (after an interrupted turn_end), so this output is dropped.
+            log.warning("dropping agent output for %s: %s", chat_id, result.reason)
+            return
         assert isinstance(result, Appended)
-        self.hub.publish(chat_id, result.seq, text_frame(result.payload))
+        self.hub.publish(chat_id, result.seq, text_frame(result.payload), result.epoch)
 
     def _persist_state(self, event: AgentEvent) -> None:
         """Goal state and scope the agent sets are kept with the chat."""
@@ -188,3 +223,17 @@ class Dispatcher:
                 if new is not text:
                     return msgspec.structs.replace(event, text=new)
         return event
+
+
+def _running(event: AgentEvent) -> tuple[bool, float | None] | None:
+    """What a ``goal_status`` says of the chat's turn, for every node."""
+    if isinstance(event, GoalStatus):
+        return (event.status == "running", event.started_at)
+    return None
+
+
+def _after_store(fan_out: Callable[[], object]) -> Callable[[StoreResult | None], None]:
+    def run(_result: StoreResult | None) -> None:
+        fan_out()
+
+    return run

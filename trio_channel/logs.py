@@ -121,6 +121,8 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     _startup.setLevel(logging.INFO)
+    # coredis says at INFO each time it loads a script into a fresh Redis.
+    logging.getLogger("coredis").setLevel(max(logging.WARNING, root.level))
 
 
 def _peer_text(peer: object) -> str:

@@ -22,6 +22,7 @@ import trio
 
 from .backend import ChannelBackend
 from .bus import ServerBusEnds
+from .cluster.node import ClusterNode
 from .clock import WallClock
 from .config import ChannelConfig, normalize_path
 from .core.auth import (
@@ -45,7 +46,8 @@ from .media.rewrite import MediaLinker
 from .media.signing import MediaSigner, load_or_create_secret
 from .metrics import ChannelMetrics
 from .store import open_store
-from .store.base import SessionStore
+from .store.base import SessionStore, StoreError
+from .store.redis import RedisStore
 from .store.committer import GroupCommitter
 from .wire import listeners as _listeners
 from .wire.connection import GOING_AWAY, ConnectionLimits, WsConnection
@@ -88,6 +90,8 @@ class Channel:
     open_connections: int = attrs.field(default=0, init=False)
     #: Built by serve() once the media secret is loaded.
     backend: ChannelBackend | None = attrs.field(default=None, init=False)
+    #: With a shared store (Redis): this daemon's part of the cluster.
+    cluster: ClusterNode | None = attrs.field(default=None, init=False)
     _http_app: HttpApp | None = attrs.field(default=None, init=False)
     _live: set[WsConnection] = attrs.field(factory=set, init=False)
     _draining: bool = attrs.field(default=False, init=False)
@@ -117,7 +121,11 @@ class Channel:
 
     @property
     def media_dir(self) -> Path:
-        return self.data_dir / "media"
+        return (
+            Path(self.config.media_dir)
+            if self.config.media_dir
+            else self.data_dir / "media"
+        )
 
     @property
     def http_app(self) -> HttpApp:
@@ -155,7 +163,6 @@ class Channel:
         is served when the store cannot be opened.
         """
         clock = WallClock.start()
-        backend = await self._build(clock)
         # The store runs shielded so it outlives the committer's final flush;
         # it is closed once everything above it has stopped.
         store_scope = trio.CancelScope(shield=True)
@@ -167,17 +174,44 @@ class Channel:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_store)
             try:
+                dispatcher = self._dispatcher(clock)
+                if isinstance(self.store, RedisStore):
+                    self.cluster = ClusterNode(
+                        self.store,
+                        self.hub,
+                        self.committer,
+                        self.bus.inbound,
+                        clock.now,
+                        dispatcher.published,
+                        token_ttl_s=self.config.token_ttl_s,
+                        lease_ttl_s=self.config.redis_lease_ttl_s,
+                        on_health=self.metrics.store_health,
+                    )
+                    dispatcher.turns = self.cluster.book
+                backend = await self._build(clock, dispatcher)
                 await self._serve_with_store(
-                    backend, clock, listeners, urls, task_status
+                    backend, dispatcher, listeners, urls, task_status
                 )
             finally:
                 store_scope.cancel()
 
-    async def _build(self, clock: WallClock) -> ChannelBackend:
-        secret = await trio.to_thread.run_sync(
-            load_or_create_secret, self.data_dir / MEDIA_SECRET_FILE
+    def _dispatcher(self, clock: WallClock) -> Dispatcher:
+        return Dispatcher(
+            self.bus.outbound, self.hub, self.committer, self.metrics, clock
         )
+
+    async def _build(self, clock: WallClock, dispatcher: Dispatcher) -> ChannelBackend:
+        if self.cluster is not None:
+            secret = await self.cluster.media_secret()
+        else:
+            secret = await trio.to_thread.run_sync(
+                load_or_create_secret, self.data_dir / MEDIA_SECRET_FILE
+            )
         signer = MediaSigner(secret, self.media_dir)
+        workspace = self.config.workspace_dir
+        dispatcher.linker = MediaLinker(
+            signer, self.media_dir, Path(workspace) if workspace else None
+        )
         backend = self.backend = ChannelBackend(
             hub=self.hub,
             store=self.store,
@@ -197,36 +231,34 @@ class Channel:
             webui_dir=WEBUI_DIR if self.config.webui else None,
             delete_chat=backend.delete_chat,
             metrics_text=self.metrics.render,
-            degraded=lambda: self.committer.degraded_reason,
+            degraded=self.degraded_reason,
+            shared_tokens=None if self.cluster is None else self.cluster.tokens,
         )
         return backend
+
+    def degraded_reason(self) -> str | None:
+        """Why the channel cannot work fully now (``/healthz``), or None."""
+        if self.committer.degraded_reason is not None:
+            return self.committer.degraded_reason
+        return None if self.cluster is None else self.cluster.degraded_reason
 
     async def _serve_with_store(
         self,
         backend: ChannelBackend,
-        clock: WallClock,
+        dispatcher: Dispatcher,
         listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         urls: list[str] | None,
         task_status: trio.TaskStatus[list[str]],
     ) -> None:
         cfg = self.config
-        workspace = cfg.workspace_dir
-        dispatcher = Dispatcher(
-            self.bus.outbound,
-            self.hub,
-            self.committer,
-            self.metrics,
-            clock,
-            MediaLinker(
-                backend.signer, self.media_dir, Path(workspace) if workspace else None
-            ),
-        )
         async with trio.open_nursery() as root:
             await root.start(
                 partial(self.committer.run, flush_timeout_s=cfg.shutdown_grace_s)
             )
             root.start_soon(dispatcher.run)
             await root.start(self.timekeeper.run)
+            if self.cluster is not None:
+                await root.start(self.cluster.run)
             # Connections live in a shielded nursery: cancelling serve() turns
             # into orderly closes (1001) with a hard deadline (_drain).
             async with trio.open_nursery() as connections:
@@ -317,6 +349,16 @@ class Channel:
             await out.text(status, body)
             return
         _, query = split_target(head.target)
+        if self.cluster is not None:
+            try:
+                await self.cluster.tokens.take_for_handshake(
+                    query.get("token"), self.tokens, trio.current_time()
+                )
+            except StoreError:
+                self.metrics.handshake(503)
+                log_handshake_refused(503, peer, "token store unavailable")
+                await out.text(503, b"Service Unavailable")
+                return
         decision = decide_handshake(
             cfg,
             self.tokens,

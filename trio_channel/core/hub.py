@@ -61,6 +61,11 @@ class Subscriber(Hashable, Protocol):
         """Start (or keep) catching ``chat_id`` up from the store."""
         ...
 
+    def log_reset(self, chat_id: str, epoch: str) -> None:
+        """The chat's log started again (a new epoch): tell the client
+        (``history_reset``) and replay it from the start."""
+        ...
+
 
 S = TypeVar("S", bound=Subscriber)
 
@@ -78,6 +83,8 @@ class ChatState(Generic[S]):
     loaded: bool = False
     #: A user's message went to the agent since the chat was last idle.
     turn_pending: bool = False
+    #: The epoch of the log being published (None: not known yet).
+    epoch: str | None = None
 
 
 @attrs.define
@@ -195,16 +202,22 @@ class ChatHub(Generic[S]):
         workspace_scope: Any,
         goal_state: dict[str, Any] | None,
         last_seq: int,
+        epoch: str | None = None,
+        running_since: float | None = None,
     ) -> ChatState[S]:
         """Merge what the store keeps of a chat into its state (once)."""
         chat = self.chat(chat_id)
         chat.published_seq = max(chat.published_seq, last_seq)
+        if chat.epoch is None:
+            chat.epoch = epoch
         if not chat.loaded:
             chat.loaded = True
             if chat.workspace_scope is None:
                 chat.workspace_scope = workspace_scope
             if chat.goal_state is None:
                 chat.goal_state = goal_state or None
+            if chat.running_since is None:
+                chat.running_since = running_since
         return chat
 
     def forget_log(self, chat_id: str) -> None:
@@ -213,6 +226,7 @@ class ChatHub(Generic[S]):
         if chat is None:
             return
         chat.published_seq = 0
+        chat.epoch = None
         chat.goal_state = chat.workspace_scope = None
         for cursor in chat.subscribers.values():
             cursor.next_seq, cursor.live = 1, True
@@ -223,16 +237,25 @@ class ChatHub(Generic[S]):
 
     # --- fan-out -----------------------------------------------------------
 
-    def publish(self, chat_id: str, seq: int, frame: bytes) -> int:
+    def publish(
+        self, chat_id: str, seq: int, frame: bytes, epoch: str | None = None
+    ) -> int:
         """Offer a stored event to every subscriber; return how many got it.
 
         A chat with no state here has no subscriber: nothing to do. (A
         connection about to subscribe creates the state before it reads the
         store, so an event stored meanwhile still counts in ``published_seq``.)
+        An event of another ``epoch`` than the one published so far means
+        the log started again (the store lost it, or it expired): every
+        subscriber is told and replays the new log from its start.
         """
         chat = self.chats.get(chat_id)
         if chat is None:
             return 0
+        if epoch is not None and epoch != chat.epoch:
+            if chat.epoch is not None:
+                self._reset(chat_id, chat, epoch)
+            chat.epoch = epoch
         if seq > chat.published_seq:
             chat.published_seq = seq
         count = 0
@@ -248,6 +271,13 @@ class ChatHub(Generic[S]):
             elif verdict is Offer.CATCH_UP:
                 sub.fell_behind(chat_id)
         return count
+
+    def _reset(self, chat_id: str, chat: ChatState[S], epoch: str) -> None:
+        chat.published_seq = 0
+        for sub in chat.subscribers:
+            chat.subscribers[sub] = Cursor(1, live=False)
+            sub.log_reset(chat_id, epoch)
+            sub.fell_behind(chat_id)
 
     def broadcast(self, chat_id: str, frame: bytes, *, skip: S | None = None) -> int:
         """A frame that is not in the log, to the chat's live subscribers.

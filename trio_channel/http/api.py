@@ -37,6 +37,7 @@ from ..core.session import Peer
 from ..logs import log_http_request
 from ..media.signing import MediaSigner, MediaUrlError
 from ..store.base import ChatMeta, DeleteChat, SessionStore, StoreError, UserMessage
+from ..cluster.tokens import SharedTokens
 from ..store.committer import StoreUnavailable
 from .head import RequestHead
 from .mediafiles import media_headers
@@ -103,6 +104,8 @@ class HttpApp:
     metrics_text: Callable[[], tuple[bytes, str]] | None = None
     #: Why the store cannot take writes now, or None (``/healthz``).
     degraded: Callable[[], str | None] = lambda: None
+    #: With several daemons: tokens every node honours.
+    shared_tokens: SharedTokens | None = None
     api_tokens: IssuedTokenStore = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -139,19 +142,24 @@ class HttpApp:
             return await out.simple(METHOD_NOT_ALLOWED, [allow])
         now = trio.current_time()
         if endpoint is Endpoint.ISSUE_TOKEN:
-            return await out.simple(
-                issue_token(head, self.cfg, self.tokens, now, tcp=bool(peer.host))
-            )
+            issued = issue_token(head, self.cfg, self.tokens, now, tcp=bool(peer.host))
+            return await out.simple(await self._share_issued(issued))
         if endpoint is Endpoint.HEALTHZ:
             return await out.simple(health_response(self.degraded()))
         if endpoint is Endpoint.BOOTSTRAP:
-            return await out.simple(self._bootstrap(head, peer, now))
+            answer = self._bootstrap(head, peer, now)
+            return await out.simple(await self._share_issued(answer))
         if endpoint is Endpoint.MEDIA:
             return await self._media(out, match)
         if endpoint is Endpoint.PAGE:
             assert self.webui_dir is not None
             return await self._page(out, self.webui_dir, match.args[0])
         token = request_api_token(head.headers, query)
+        if self.shared_tokens is not None:
+            try:
+                await self.shared_tokens.api_token_known(token, self.api_tokens, now)
+            except StoreError as exc:
+                return await out.simple(health_response(str(exc)))
         authorized = api_token_valid(self.cfg, self.api_tokens, token, now)
         if endpoint is Endpoint.METRICS:
             return await out.simple(self._metrics(authorized or peer.is_loopback))
@@ -204,6 +212,17 @@ class HttpApp:
             return TOO_MANY_TOKENS
         body = bootstrap_body(self.cfg, head.headers, token, self.hub.model_name)
         return HttpResponse(200, body, JSON)
+
+    async def _share_issued(self, answer: HttpResponse) -> HttpResponse:
+        """With several daemons, a token issued here works on every node."""
+        if self.shared_tokens is None or answer.status != 200:
+            return answer
+        token = _json_token(answer.body)
+        try:
+            await self.shared_tokens.issued(token)
+        except StoreError as exc:
+            return health_response(str(exc))
+        return answer
 
     def _metrics(self, allowed: bool) -> HttpResponse:
         if not allowed:
@@ -410,3 +429,10 @@ class HistoryWriter:
             joined = b"," + joined
         self._written = True
         return joined
+
+
+_token_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+def _json_token(body: bytes) -> str:
+    return str(_token_decoder.decode(body)["token"])

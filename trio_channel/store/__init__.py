@@ -1,7 +1,8 @@
 """Session stores: the interface (:mod:`.base`) and its implementations.
 
 :func:`open_store` picks one from the configuration: ``sqlite`` (the
-default, a file in ``data_dir``) or ``memory`` (nothing is kept).
+default, a file in ``data_dir``), ``memory`` (nothing is kept) or a
+``redis://`` URL (several daemons share it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from ..config import ChannelConfig
 from .base import SessionStore
 from .memory import MemoryStore
+from .redis import RedisStore
 from .sqlite import SqliteStore
 
 __all__ = ["STORE_FILE", "open_store"]
@@ -23,6 +25,13 @@ def open_store(cfg: ChannelConfig) -> SessionStore:
     """The store ``cfg.session_store`` names (run it with ``nursery.start``)."""
     if cfg.session_store == "memory":
         return MemoryStore(history_limit=cfg.history_limit)
+    if cfg.session_store.startswith(("redis://", "rediss://")):
+        return RedisStore(
+            cfg.session_store,
+            history_limit=cfg.history_limit,
+            partitions=cfg.redis_partitions,
+            chat_ttl_s=cfg.redis_chat_ttl_s,
+        )
     return SqliteStore(
         Path(cfg.data_dir) / STORE_FILE,
         history_limit=cfg.history_limit,

@@ -143,6 +143,8 @@ class AppendEvent:
     #: The fencing token of the agent's partition lease (several daemons):
     #: a write from a node that lost the lease is refused (:class:`Fenced`).
     fence: str | None = None
+    #: The inbound entry whose turn this event ends, acknowledged with it.
+    ack: str | None = None
 
 
 @attrs.frozen

@@ -56,6 +56,8 @@ __all__ = ["RedisStore"]
 
 #: A chat nobody wrote to for this long is forgotten (30 days).
 DEFAULT_CHAT_TTL_S: Final = 30 * 24 * 3600
+#: The consumer group the agents read each partition's inbox with.
+AGENTS_GROUP: Final = "agents"
 #: Fan-out entries kept per partition (``MAXLEN ~``): enough for a node that
 #: blinks to read on; a longer gap is caught up from the chat logs.
 FAN_MAXLEN: Final = 20_000
@@ -138,7 +140,14 @@ class RedisStore:
         if isinstance(op, AppendEvent):
             return Call(
                 _APPEND_EVENT,
-                [*chat, keys.fan, keys.sessions, keys.fence],
+                [
+                    *chat,
+                    keys.fan,
+                    keys.sessions,
+                    keys.fence,
+                    keys.inbox,
+                    self.layout.started(keys.partition),
+                ],
                 [
                     op.chat_id,
                     op.event_id,
@@ -151,6 +160,8 @@ class RedisStore:
                     FAN_MAXLEN,
                     new_epoch(),
                     (op.text or "")[:160],
+                    AGENTS_GROUP,
+                    op.ack or "",
                 ],
             )
         if isinstance(op, AppendUserMessage):

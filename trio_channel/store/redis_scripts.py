@@ -39,10 +39,12 @@ _SLIDE_TTL = """
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[{ttl_arg}]) end
 """
 
-#: KEYS: meta log eids users fan sessions fence
+#: KEYS: meta log eids users fan sessions fence inbox started
 #: ARGV: 1 chat, 2 event id, 3 payload without seq, 4 at, 5 node, 6 fence
 #: token ('' for none), 7 ttl ms, 8 history limit, 9 fan maxlen, 10 new
-#: epoch, 11 preview text ('' for none)
+#: epoch, 11 preview text ('' for none), 12 the agents' group, 13 the inbox
+#: entry this event ends the turn of ('' for none: acknowledged with it, so
+#: a turn's end and the acknowledgement of its message are one write)
 #: -> {seq, epoch, payload}; an error ``FENCED`` for a stale token.
 APPEND_EVENT: Final = (
     """
@@ -76,6 +78,11 @@ if ARGV[11] ~= '' then redis.call('HSETNX', KEYS[1], 'preview', ARGV[11]) end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
            'c', ARGV[1], 's', seq, 'ep', epoch, 'n', ARGV[5], 'e', payload)
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+if ARGV[13] ~= '' then
+  redis.call('XACK', KEYS[8], ARGV[12], ARGV[13])
+  redis.call('XDEL', KEYS[8], ARGV[13])
+  redis.call('HDEL', KEYS[9], ARGV[13])
+end
 """
     + _SLIDE_TTL.format(ttl_arg=7)
     + """

@@ -28,8 +28,14 @@ from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ..batchqueue import BatchQueue
-from ..core.delivery import catch_up_page
-from ..core.events import InboundMessage, ServerEvent, WebuiResponse, encode_event
+from ..core.delivery import HISTORY_RESET, catch_up_page
+from ..core.events import (
+    Error,
+    InboundMessage,
+    ServerEvent,
+    WebuiResponse,
+    encode_event,
+)
 from ..core.hub import ChatHub
 from ..core.protocol import ChatMessage, Request, WebuiRequest
 from ..core.session import ChatLog, ClientSession, Effects, NeedsMedia
@@ -167,6 +173,11 @@ class WsConnection:
         self.catching_up[chat_id] = None
         self.backend.metrics.caught_up()
         self._kick()
+
+    def log_reset(self, chat_id: str, epoch: str) -> None:
+        self.send_events(
+            [Error(detail=HISTORY_RESET, chat_id=chat_id, epoch=epoch, first_seq=1)]
+        )
 
     # --- what the timekeeper calls -----------------------------------------------
 

@@ -1,0 +1,134 @@
+"""Live delivery across nodes: one ``XREAD BLOCK`` loop over the fan-out streams.
+
+Every append (and every event that is not in the log) also lands in its
+partition's fan-out stream. Each node reads all of them in one loop (16
+keys in one call; SCALEOUT measured 0.4-0.5 ms median delivery) and hands
+what other nodes wrote to its own subscribers through the hub, where the
+cursor rule drops duplicates and turns gaps into catch-ups from the log.
+What this node wrote itself it already fanned out when its commit returned.
+
+When the feed breaks (Redis restarting, a network blip), nothing is lost:
+every local cursor falls behind and catches up from the chat logs, and the
+loop reads on from new entries once Redis answers again. No PubSub: it
+drops what is published while a node reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import msgspec
+import trio
+
+from ..core.agentcheck import AGENT_EVENT_TYPES
+from ..core.events import AgentEvent
+from ..core.hub import ChatHub, Subscriber
+from ..store._coredis import Call, RedisLink, Script
+from ..store.base import StoreError
+from ..store.redis_layout import Layout
+from ..wire.frames import text_frame
+
+__all__ = ["PartitionFeed"]
+
+log = logging.getLogger("trio_channel.cluster")
+
+READ_COUNT: Final = 512
+BLOCK_MS: Final = 5000
+RETRY_DELAYS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+_TAGS: Final = frozenset(str(t.__struct_config__.tag) for t in AGENT_EVENT_TYPES)
+_agent_event = msgspec.json.Decoder(AgentEvent)
+_TIME = Script("time", "return redis.call('TIME')")
+
+
+@attrs.define(eq=False)
+class PartitionFeed:
+    link: Callable[[], RedisLink]
+    layout: Layout
+    node: str
+    hub: ChatHub[Subscriber]
+    #: Why the feed does not work now, or None (``/healthz``).
+    degraded_reason: str | None = attrs.field(default=None, init=False)
+    on_health: Callable[[str | None], None] | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        streams = [self.layout.fan(p) for p in range(self.layout.partitions)]
+        last: dict[str, str] = {}
+        failures = 0
+        task_status.started()
+        while True:
+            try:
+                if not last:
+                    # From now on, by Redis's clock (entry ids are its
+                    # milliseconds): "$" would skip what arrives between two
+                    # reads.
+                    now = await self.link().run(Call(_TIME, [], []))
+                    since = f"{int(now[0]) * 1000 + int(now[1]) // 1000}-0"
+                    last = dict.fromkeys(streams, since)
+                answer = await self.link().xread(
+                    last, count=READ_COUNT, block_ms=BLOCK_MS
+                )
+            except StoreError as exc:
+                failures += 1
+                self._degrade(str(exc))
+                await trio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
+                # Entries written while we were away may be gone (or the
+                # streams may have started again): catch up from the logs.
+                last = {}
+                self._everyone_behind()
+                continue
+            if failures:
+                failures = 0
+                self._recover()
+            for stream, entries in answer:
+                for entry_id, fields in entries:
+                    last[stream] = entry_id
+                    self.deliver(fields)
+
+    def deliver(self, fields: dict[str, bytes]) -> None:
+        """Hand one fan-out entry of another node to local subscribers."""
+        if fields.get("n", b"").decode() == self.node:
+            return
+        chat_id = fields.get("c", b"").decode()
+        seq = fields.get("s", b"")
+        payload = fields.get("e", b"")
+        if seq:
+            epoch = fields.get("ep", b"").decode() or None
+            self.hub.publish(chat_id, int(seq), text_frame(payload), epoch)
+            return
+        kind = fields.get("k", b"").decode()
+        if kind == "deleted":
+            self.hub.forget_log(chat_id)
+            return
+        if kind in _TAGS:
+            try:
+                self.hub.observe(_agent_event.decode(payload))
+            except msgspec.DecodeError:
+                return
+        self.hub.broadcast(chat_id, text_frame(payload))
+
+    def _everyone_behind(self) -> None:
+        for chat_id, chat in self.hub.chats.items():
+            for sub, cursor in chat.subscribers.items():
+                if cursor.live:
+                    cursor.fall_behind()
+                    sub.fell_behind(chat_id)
+
+    def _degrade(self, reason: str) -> None:
+        if self.degraded_reason is None:
+            log.error("redis feed: %s; retrying", reason)
+            if self.on_health is not None:
+                self.on_health(reason)
+        self.degraded_reason = f"redis feed: {reason}"
+
+    def _recover(self) -> None:
+        if self.degraded_reason is not None:
+            log.warning("redis feed works again")
+            self.degraded_reason = None
+            if self.on_health is not None:
+                self.on_health(None)
