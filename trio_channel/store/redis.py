@@ -104,14 +104,24 @@ class RedisStore:
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Connect, agree on the partition count, serve until cancelled."""
+        refused: StoreError | None = None
         async with RedisLink.open(self.url) as link:
-            agreed = await link.run(Call(_CONFIGURE, [CONF_KEY], [self.partitions]))
-            if int(agreed) != self.partitions:
-                raise StoreError(
-                    f"this deployment uses {int(agreed)} partitions, "
+            agreed = int(
+                await link.run(Call(_CONFIGURE, [CONF_KEY], [self.partitions]))
+            )
+            if agreed != self.partitions:
+                # Raised outside coredis's task group, which would wrap it.
+                refused = StoreError(
+                    f"this deployment uses {agreed} partitions, "
                     f"this daemon is configured for {self.partitions}",
                     transient=False,
                 )
+        if refused is not None:
+            raise refused
+        await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        async with RedisLink.open(self.url) as link:
             self._link = link
             task_status.started()
             try:

@@ -1,0 +1,131 @@
+"""What only the Redis store does: fencing, acknowledgement with the turn's
+end, retried user messages, idle TTLs and new epochs, the partition count
+every node must agree on, and events that are not in the log.
+
+The behaviour every store shares is in ``test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+
+from trio_channel.store.base import (
+    AppendEvent,
+    AppendUserMessage,
+    Appended,
+    Broadcast,
+    Fenced,
+    StoreError,
+    StoredUserMessage,
+)
+from trio_channel.store.redis import AGENTS_GROUP, RedisStore
+
+from .redis_server import RedisServer
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer, nursery: trio.Nursery) -> RedisStore:
+    redis_server.command("FLUSHALL")
+    store = RedisStore(redis_server.url, history_limit=50)
+    await nursery.start(store.run)
+    return store
+
+
+def event(chat_id: str, n: int, **kw: object) -> AppendEvent:
+    payload = msgspec.json.encode(
+        {"event": "message", "chat_id": chat_id, "text": str(n)}
+    )
+    return AppendEvent(chat_id, f"e{n}", payload, at=float(n), **kw)  # type: ignore[arg-type]
+
+
+async def test_a_stale_fence_is_refused(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    keys = redis_store.layout.chat("c")
+    redis_server.command("SET", keys.fence, "7")
+    results = await redis_store.write(
+        [event("c", 1, fence="7"), event("c", 2, fence="6"), event("c", 3)]
+    )
+    assert isinstance(results[0], Appended) and results[0].seq == 1
+    assert isinstance(results[1], Fenced)
+    assert isinstance(results[2], Appended) and results[2].seq == 2
+    page = await redis_store.read_events("c", 0, 10)
+    assert [seq for seq, _ in page.events] == [1, 2]
+
+
+async def test_the_turn_end_acknowledges_its_message(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    keys = redis_store.layout.chat("c")
+    started = redis_store.layout.started(keys.partition)
+    await redis_store.write(
+        [AppendUserMessage("c", 1.0, "me", "hi", message_id="m1", inbound=b'{"x":1}')]
+    )
+    await redis_store.link.ensure_group(keys.inbox, AGENTS_GROUP)
+    # The group was created after the entry: read from the start.
+    redis_server.command("XGROUP", "SETID", keys.inbox, AGENTS_GROUP, "0")
+    answer = await redis_store.link.xreadgroup(
+        AGENTS_GROUP, "owner", {keys.inbox: ">"}, count=10, block_ms=None
+    )
+    ((_, [(entry_id, fields)]),) = answer
+    assert fields["m"] == b'{"x":1}'
+    redis_server.command("HSET", started, entry_id, "1")
+    await redis_store.write([event("c", 1, ack=entry_id)])
+    assert b"*0" in redis_server.command(
+        "XPENDING", keys.inbox, AGENTS_GROUP, "-", "+", "10"
+    )
+    assert redis_server.command("XLEN", keys.inbox).startswith(b":0")
+    assert redis_server.command("HLEN", started).startswith(b":0")
+
+
+async def test_a_retried_user_message_is_stored_once(redis_store: RedisStore) -> None:
+    op = AppendUserMessage("c", 1.0, "me", "once", message_id="m-1", inbound=b"{}")
+    first = await redis_store.write([op])
+    again = await redis_store.write([op])
+    assert first == again == [StoredUserMessage(0, first[0].epoch)]  # type: ignore[union-attr]
+    assert [m.content for m in await redis_store.user_messages("c")] == ["once"]
+
+
+async def test_a_chat_slides_its_ttl_and_comes_back_with_a_new_epoch(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    (first,) = await redis_store.write([event("c", 1)])
+    keys = redis_store.layout.chat("c")
+    ttl = int(redis_server.command("PTTL", keys.meta)[1:].split(b"\r")[0])
+    assert 0 < ttl <= redis_store.chat_ttl_s * 1000
+    # Expiry, as Redis does it: every key of the chat goes.
+    redis_server.command("DEL", keys.meta, keys.log, keys.eids, keys.users)
+    assert await redis_store.chat("c") is None
+    (second,) = await redis_store.write([event("c", 2)])
+    assert isinstance(first, Appended) and isinstance(second, Appended)
+    assert second.seq == 1 and second.epoch != first.epoch
+
+
+async def test_every_node_must_agree_on_the_partitions(
+    redis_store: RedisStore, redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    other = RedisStore(redis_server.url, partitions=8)
+    with pytest.raises(StoreError) as refused:
+        await nursery.start(other.run)
+    assert "16 partitions" in str(refused.value)
+
+
+async def test_a_broadcast_goes_on_the_feed_and_keeps_the_running_state(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    await redis_store.write([event("c", 1)])
+    payload = b'{"event":"goal_status","chat_id":"c","status":"running"}'
+    assert await redis_store.write(
+        [Broadcast("c", payload, "goal_status", running=(True, 12.5))]
+    ) == [None]
+    meta = await redis_store.chat("c")
+    assert meta is not None and meta.run_started_at == 12.5
+    await redis_store.write(
+        [Broadcast("c", b"{}", "goal_status", running=(False, None))]
+    )
+    meta = await redis_store.chat("c")
+    assert meta is not None and meta.run_started_at is None
+    fan = redis_server.command("XLEN", redis_store.layout.chat("c").fan)
+    assert fan.startswith(b":3")  # the append and the two broadcasts
