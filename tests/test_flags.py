@@ -52,6 +52,10 @@ CASES: list[tuple[list[str], str, object]] = [
     (["--no-webui"], "webui", False),
     (["--webui-dir", "/srv/ui"], "webui_dir", "/srv/ui"),
     (["--sqlite-synchronous", "full"], "sqlite_synchronous", "full"),
+    (["--redis-partitions", "8"], "redis_partitions", 8),
+    (["--redis-lease-ttl", "2.5"], "redis_lease_ttl_s", 2.5),
+    (["--redis-chat-ttl", "600"], "redis_chat_ttl_s", 600.0),
+    (["--media-dir", "/srv/media"], "media_dir", "/srv/media"),
     (
         ["--allowed-host", "chat.lan", "--allowed-host", "box"],
         "allowed_hosts",
