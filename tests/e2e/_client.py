@@ -75,9 +75,9 @@ def is_idle(chat_id: str) -> Callable[[Frame], bool]:
     return lambda f: f == {"event": "goal_status", "chat_id": chat_id, "status": "idle"}
 
 
-def turn(ws: ClientConnection, chat_id: str) -> list[Frame]:
+def turn(ws: ClientConnection, chat_id: str, limit: int = MAX_FRAMES) -> list[Frame]:
     """Every frame up to the end of the next turn in ``chat_id``."""
-    return recv_until(ws, is_idle(chat_id))
+    return recv_until(ws, is_idle(chat_id), limit)
 
 
 #: Events that carry a per-chat ``seq`` (PROTOCOL 4, "P").

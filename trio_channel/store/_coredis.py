@@ -39,6 +39,9 @@ try:
     from coredis.exceptions import (
         ResponseError as _ResponseError,
     )
+    from coredis.exceptions import (
+        StreamDuplicateConsumerGroupError as _GroupExists,
+    )
     from coredis.retry import NoRetryPolicy
 except ImportError:  # pragma: no cover - the extra is not installed
     coredis = None  # type: ignore[assignment]
@@ -195,9 +198,8 @@ class RedisLink:
         """Create the consumer group (and the stream) unless it exists."""
         try:
             await self.client.xgroup_create(stream, group, "0", mkstream=True)
-        except _ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise _as_store_error(exc, "xgroup create") from exc
+        except _GroupExists:
+            return
         except REDIS_ERRORS as exc:
             raise _as_store_error(exc, "xgroup create") from exc
 

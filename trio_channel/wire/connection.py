@@ -38,9 +38,16 @@ from ..core.events import (
 )
 from ..core.hub import ChatHub
 from ..core.protocol import ChatMessage, Request, WebuiRequest
-from ..core.session import ChatLog, ClientSession, Effects, NeedsMedia
+from ..core.session import (
+    STORE_UNAVAILABLE,
+    ChatLog,
+    ClientSession,
+    Effects,
+    NeedsMedia,
+)
 from ..metrics import ChannelMetrics
 from ..store.base import EventPage, StoreError
+from ..store.committer import StoreUnavailable
 from .frames import text_frame
 from .timekeeper import Timekeeper
 
@@ -373,6 +380,8 @@ class WsConnection:
                 log_state = await self.backend.load_chat(
                     chat_id, fresh=not isinstance(request, ChatMessage)
                 )
+            except StoreUnavailable:
+                return Effects([Error(detail=STORE_UNAVAILABLE, chat_id=chat_id)])
             finally:
                 self.busy = False
         effects = session.handle(request, log_state)
@@ -381,8 +390,6 @@ class WsConnection:
         return effects
 
     async def _deliver(self, message: InboundMessage) -> None:
-        from ..store.committer import StoreUnavailable
-
         self.busy = True
         try:
             await self.backend.deliver(message)
