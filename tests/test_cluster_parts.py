@@ -202,6 +202,7 @@ async def test_a_partition_is_given_back_only_when_its_turns_are_done(
         lost = {p for node, what, p in log if node == "a" and what == "lose"}
         assert len(lost) == 8
         busy.clear()  # the turns end
+        a.turn_ended.unpark_all()
         await trio.sleep(10)
         owners = backend.owners()
         assert owners["b"] == lost and len(owners["a"]) == 8

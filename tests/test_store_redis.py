@@ -12,13 +12,13 @@ import pytest
 import trio
 
 from trio_channel.store.base import (
+    Appended,
     AppendEvent,
     AppendUserMessage,
-    Appended,
     Broadcast,
     Fenced,
-    StoreError,
     StoredUserMessage,
+    StoreError,
 )
 from trio_channel.store.redis import AGENTS_GROUP, RedisStore
 

@@ -33,6 +33,7 @@ import msgspec
 import trio
 
 from .clock import WallClock
+from .cluster.turnbook import TurnBook
 from .core.agentcheck import BadEvent, check_agent_event
 from .core.events import (
     AgentEvent,
@@ -48,7 +49,6 @@ from .core.events import (
 from .core.hub import ChatHub
 from .media.rewrite import MediaLinker
 from .metrics import ChannelMetrics
-from .cluster.turnbook import TurnBook
 from .store.base import (
     Appended,
     AppendEvent,

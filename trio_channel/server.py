@@ -22,8 +22,8 @@ import trio
 
 from .backend import ChannelBackend
 from .bus import ServerBusEnds
-from .cluster.node import ClusterNode
 from .clock import WallClock
+from .cluster.node import ClusterNode
 from .config import ChannelConfig, normalize_path
 from .core.auth import (
     SERVICE_UNAVAILABLE,
@@ -47,8 +47,8 @@ from .media.signing import MediaSigner, load_or_create_secret
 from .metrics import ChannelMetrics
 from .store import open_store
 from .store.base import SessionStore, StoreError
-from .store.redis import RedisStore
 from .store.committer import GroupCommitter
+from .store.redis import RedisStore
 from .wire import listeners as _listeners
 from .wire.connection import GOING_AWAY, ConnectionLimits, WsConnection
 from .wire.handshake import accept, handshake_problem

@@ -248,7 +248,10 @@ def test_a_token_and_media_from_one_node_work_on_the_other(
     token = json.loads(body)["token"]
     with connect(b.ws_url(f"client_id=t&token={token}")) as ws:
         chat = ready(ws)["chat_id"]
-        png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+        png = (
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAC"
+            "hwGA60e6kgAAAABJRU5ErkJggg=="
+        )
         send(
             ws,
             {
@@ -258,7 +261,7 @@ def test_a_token_and_media_from_one_node_work_on_the_other(
                 "media": [{"data_url": f"data:image/png;base64,{png}"}],
             },
         )
-        reply = [f for f in turn(ws, chat) if f["event"] == "message"][0]
+        reply = next(f for f in turn(ws, chat) if f["event"] == "message")
     # The token was single use across both nodes.
     for node in (a, b):
         with pytest.raises(Exception, match="401"):

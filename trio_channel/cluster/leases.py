@@ -76,8 +76,10 @@ class LeaseKeeper:
     #: the partition when it is lost or given back.
     on_gain: Callable[[int, int], None]
     on_lose: Callable[[int], None]
-    #: Running turns of a partition (a lease is given back only at 0).
+    #: Running turns of a partition (a lease is given back only at 0), and
+    #: the lot unparked whenever one ends.
     running_turns: Callable[[int], int] = lambda _p: 0
+    turn_ended: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     ttl_s: float = DEFAULT_LEASE_TTL_S
     owned: dict[int, int] = attrs.field(factory=dict, init=False)
     _leaving: set[int] = attrs.field(factory=set, init=False)
@@ -143,7 +145,7 @@ class LeaseKeeper:
         self.on_lose(partition)
         with trio.move_on_after(HANDOVER_TIMEOUT_S):
             while self.running_turns(partition):
-                await trio.sleep(0.05)
+                await self.turn_ended.park()
         if self.owned.get(partition) == fence:
             del self.owned[partition]
             try:

@@ -128,6 +128,8 @@ class ClusterNode:
             running_turns=self.book.turns_of,
             ttl_s=self.lease_ttl_s,
         )
+        lot = self.leases.turn_ended
+        self.book.on_end = lambda: lot.unpark_all() and None
         self.tokens = SharedTokens(link, self.token_ttl_s)
 
     @property

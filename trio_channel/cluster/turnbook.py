@@ -17,6 +17,7 @@ the book keeps the handed-over turns of each chat in that order.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -44,6 +45,8 @@ class TurnOutput:
 
 @attrs.define
 class TurnBook:
+    #: Called whenever a turn ends (a lease being given back waits on it).
+    on_end: Callable[[], None] | None = None
     _turns: dict[str, deque[Turn]] = attrs.field(factory=dict)
 
     def handed(self, chat_id: str, turn: Turn) -> None:
@@ -67,6 +70,8 @@ class TurnBook:
         turns.popleft()
         if not turns:
             del self._turns[chat_id]
+        if self.on_end is not None:
+            self.on_end()
         return TurnOutput(event_id, turn.fence, ack=turn.entry)
 
     def turns_of(self, partition: int) -> int:

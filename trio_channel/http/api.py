@@ -30,6 +30,7 @@ import attrs
 import msgspec
 import trio
 
+from ..cluster.tokens import SharedTokens
 from ..config import ChannelConfig
 from ..core.auth import IssuedTokenStore, split_target
 from ..core.hub import ChatHub
@@ -37,7 +38,6 @@ from ..core.session import Peer
 from ..logs import log_http_request
 from ..media.signing import MediaSigner, MediaUrlError
 from ..store.base import ChatMeta, DeleteChat, SessionStore, StoreError, UserMessage
-from ..cluster.tokens import SharedTokens
 from ..store.committer import StoreUnavailable
 from .head import RequestHead
 from .mediafiles import media_headers

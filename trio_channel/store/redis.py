@@ -34,16 +34,15 @@ import trio
 from . import redis_scripts as lua
 from ._coredis import Call, RedisLink, Script
 from .base import (
+    Appended,
     AppendEvent,
     AppendUserMessage,
-    Appended,
-    Broadcast,
     ChatMeta,
     DeleteChat,
     EventPage,
     Fenced,
-    StoreError,
     StoredUserMessage,
+    StoreError,
     StoreOp,
     StoreResult,
     UpdateChat,
