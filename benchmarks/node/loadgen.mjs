@@ -53,12 +53,18 @@
 // (process.cpuUsage) and the rest of the machine's (/proc/stat), so one can
 // tell which side was the bottleneck.
 //
+// Two clients: --client ws (the default), the `ws` package's client, and
+// --client raw, a minimal RFC 6455 client on `net` (RawTransport) whose
+// handshake costs a third of the CPU; the runner uses it for `connect`.
+//
 // Every loop is bounded in count (--max-ops, --total) and in time; the whole
 // process exits with status 3 after --max-seconds whatever happens.
 
 import { execFileSync } from "node:child_process";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
+import { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
-import { isIP } from "node:net";
+import { connect as netConnect, isIP } from "node:net";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
@@ -71,6 +77,9 @@ const CLOSE_TIMEOUT_MS = 5_000;
 /** Connections opened at once while setting up idle and fan-out connections. */
 const OPEN_CONCURRENCY = 50;
 const MAX_PAYLOAD = 64 * 1024 * 1024;
+
+/** `ws` (the `ws` package) or `raw` (RawTransport below): --client. */
+let CLIENT = "ws";
 
 /** The events a turn produces; everything else is an "other" frame. */
 const TURN_EVENTS = new Set([
@@ -107,6 +116,7 @@ function parse(argv) {
       connections: { type: "string", default: "4" },
       "per-conn": { type: "string", default: "1000" },
       window: { type: "string", default: "32" },
+      client: { type: "string", default: "ws" },
     },
   });
   if (positionals.length !== 2 || !SCENARIOS.includes(positionals[1])) {
@@ -119,6 +129,7 @@ function parse(argv) {
   };
   const mode = values.mode;
   if (mode !== "new_chat" && mode !== "message") fail(`--mode: ${mode}`);
+  if (values.client !== "ws" && values.client !== "raw") fail(`--client: ${values.client}`);
   return {
     url: checkLoopback(positionals[0]),
     scenario: positionals[1],
@@ -139,6 +150,7 @@ function parse(argv) {
     connections: Math.max(1, Math.floor(num("connections"))),
     perConn: Math.max(1, Math.floor(num("per-conn"))),
     window: Math.max(1, Math.floor(num("window"))),
+    client: values.client,
   };
 }
 
@@ -250,6 +262,7 @@ class Conn {
     this.ws.send(text);
   }
 
+
   /** Closing handshake, then wait for TCP to close (or give up and drop it). */
   async close() {
     if (this.closed) return;
@@ -264,8 +277,12 @@ class Conn {
   }
 }
 
-/** Connect and wait for `ready`. */
+/** Connect and wait for `ready`, with the client chosen by --client. */
 function openConn(url) {
+  return CLIENT === "raw" ? openRaw(url) : openWs(url);
+}
+
+function openWs(url) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
       perMessageDeflate: false,
@@ -274,27 +291,196 @@ function openConn(url) {
       skipUTF8Validation: true,
     });
     const conn = new Conn(ws);
-    let settled = false;
-    const ready = conn.waitEvent("ready", 1, CONNECT_TIMEOUT_MS);
     ws.on("message", (data) => conn.onMessage(data));
     ws.on("close", () => conn.onClose());
-    ws.on("error", (err) => {
+    settleOnReady(conn, ws, resolve, reject);
+  });
+}
+
+function settleOnReady(conn, transport, resolve, reject) {
+  let settled = false;
+  transport.on("error", (err) => {
+    if (!settled) {
+      settled = true;
+      transport.terminate();
+      reject(err);
+    }
+  });
+  conn.waitEvent("ready", 1, CONNECT_TIMEOUT_MS).then(
+    () => {
+      settled = true;
+      resolve(conn);
+    },
+    (err) => {
       if (!settled) {
         settled = true;
+        transport.terminate();
         reject(err);
       }
+    },
+  );
+}
+
+// --- the raw client --------------------------------------------------------------
+
+const WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const OPEN = WebSocket.OPEN;
+
+/**
+ * A minimal RFC 6455 client on `net` with the interface Conn uses (send,
+ * close, terminate, readyState, events), for `--client raw`.
+ *
+ * The `ws` client opens a connection through Node's HTTP client, which costs
+ * the load generator about three times the CPU of a raw handshake; in the
+ * connect scenario that made the load generator, not the server, the
+ * bottleneck. This client writes the upgrade request itself, checks
+ * Sec-WebSocket-Accept, parses frames in place, answers pings, masks what
+ * it sends, and does the closing handshake.
+ */
+class RawTransport extends EventEmitter {
+  constructor(url) {
+    super();
+    const parts = new URL(url);
+    this.readyState = 0;
+    this.key = randomBytes(16).toString("base64");
+    this.accept = createHash("sha1").update(this.key + WS_GUID).digest("base64");
+    this.buf = null;
+    this.fragments = [];
+    this.closeSent = false;
+    const host = parts.hostname.replace(/^\[|\]$/g, "");
+    const target = (parts.pathname || "/") + parts.search;
+    this.socket = netConnect({ host, port: Number(parts.port) });
+    this.socket.setNoDelay(true);
+    this.socket.on("connect", () => {
+      this.socket.write(
+        `GET ${target} HTTP/1.1\r\nHost: ${parts.host}\r\nUpgrade: websocket\r\n` +
+          "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+          `Sec-WebSocket-Key: ${this.key}\r\n\r\n`,
+      );
     });
-    ready.then(
-      () => {
-        settled = true;
-        resolve(conn);
+    this.socket.on("data", (data) => this.onData(data));
+    this.socket.on("error", (err) => this.emit("error", err));
+    this.socket.on("close", () => {
+      this.readyState = 3;
+      this.emit("close");
+    });
+  }
+
+  onData(data) {
+    let buf = this.buf === null ? data : Buffer.concat([this.buf, data]);
+    this.buf = null;
+    if (this.readyState === 0) {
+      const end = buf.indexOf("\r\n\r\n");
+      if (end < 0) {
+        this.buf = buf;
+        return;
+      }
+      const head = buf.latin1Slice(0, end);
+      buf = buf.subarray(end + 4);
+      const accept = /\r\nsec-websocket-accept:\s*(\S+)/i.exec(head);
+      if (!head.startsWith("HTTP/1.1 101") || accept?.[1] !== this.accept) {
+        this.emit("error", new Error(`handshake refused: ${head.split("\r\n")[0]}`));
+        this.socket.destroy();
+        return;
+      }
+      this.readyState = OPEN;
+    }
+    let pos = 0;
+    const n = buf.length;
+    while (n - pos >= 2) {
+      const b0 = buf[pos];
+      let length = buf[pos + 1] & 0x7f;
+      let start = pos + 2;
+      if (length === 126) {
+        if (n - pos < 4) break;
+        length = buf.readUInt16BE(pos + 2);
+        start = pos + 4;
+      } else if (length === 127) {
+        if (n - pos < 10) break;
+        length = Number(buf.readBigUInt64BE(pos + 2));
+        start = pos + 10;
+      }
+      const end = start + length;
+      if (end > n) break;
+      const opcode = b0 & 0x0f;
+      const payload = buf.subarray(start, end);
+      pos = end;
+      if (opcode <= 2) {
+        if (!(b0 & 0x80)) {
+          this.fragments.push(Buffer.from(payload));
+          continue;
+        }
+        let message = payload;
+        if (this.fragments.length) {
+          message = Buffer.concat([...this.fragments, payload]);
+          this.fragments = [];
+        }
+        this.emit("message", message);
+      } else if (opcode === 9) {
+        this.sendFrame(0xa, payload);
+      } else if (opcode === 8) {
+        if (!this.closeSent) this.sendFrame(8, payload.subarray(0, 2));
+        this.closeSent = true;
+        this.readyState = 2;
+      }
+    }
+    if (pos < n) this.buf = Buffer.from(buf.subarray(pos));
+  }
+
+  sendFrame(opcode, payload) {
+    const n = payload.length;
+    const head = n < 126 ? 6 : n < 65536 ? 8 : 14;
+    const frame = Buffer.allocUnsafe(head + n);
+    frame[0] = 0x80 | opcode;
+    if (n < 126) {
+      frame[1] = 0x80 | n;
+    } else if (n < 65536) {
+      frame[1] = 0x80 | 126;
+      frame.writeUInt16BE(n, 2);
+    } else {
+      frame[1] = 0x80 | 127;
+      frame.writeBigUInt64BE(BigInt(n), 2);
+    }
+    randomFillSync(frame, head - 4, 4);
+    for (let i = 0; i < n; i++) frame[head + i] = payload[i] ^ frame[head - 4 + (i & 3)];
+    this.socket.write(frame);
+  }
+
+  send(text) {
+    this.sendFrame(1, Buffer.from(text));
+  }
+
+  close(code) {
+    if (this.closeSent || this.readyState !== OPEN) return;
+    const body = Buffer.allocUnsafe(2);
+    body.writeUInt16BE(code, 0);
+    this.sendFrame(8, body);
+    this.closeSent = true;
+    this.readyState = 2;
+  }
+
+  terminate() {
+    this.socket.destroy();
+  }
+}
+
+function openRaw(url) {
+  return new Promise((resolve, reject) => {
+    const transport = new RawTransport(url);
+    const conn = new Conn(transport);
+    transport.on("message", (data) => conn.onMessage(data));
+    transport.on("close", () => conn.onClose());
+    const timer = setTimeout(() => transport.terminate(), CONNECT_TIMEOUT_MS);
+    settleOnReady(
+      conn,
+      transport,
+      (c) => {
+        clearTimeout(timer);
+        resolve(c);
       },
       (err) => {
-        if (!settled) {
-          settled = true;
-          ws.terminate();
-          reject(err);
-        }
+        clearTimeout(timer);
+        reject(err);
       },
     );
   });
@@ -754,13 +940,15 @@ async function run(args) {
 }
 
 const args = parse(process.argv.slice(2));
+CLIENT = args.client;
 setTimeout(() => {
   process.stderr.write(`loadgen: gave up after ${args.maxSeconds} s\n`);
   process.exit(3);
 }, args.maxSeconds * 1000).unref();
 try {
   const result = await run(args);
-  emit({ scenario: args.scenario, client: `node-ws ${wsVersion()}`, ...result });
+  const client = args.client === "ws" ? `node ws ${wsVersion()}` : "node raw";
+  emit({ scenario: args.scenario, client, ...result });
   process.exit(0);
 } catch (err) {
   process.stderr.write(`loadgen: ${err?.stack ?? err}\n`);
