@@ -728,6 +728,27 @@ def machine_busy_cores(interval_s: float = 0.5) -> float:
     return (b - a) / tick / interval_s
 
 
+def fsync_ms(directory: str | None = None, count: int = 5) -> float | None:
+    """Median latency of ``count`` small appends + ``fsync`` in ``directory``.
+
+    nanobot ``fsync``s its WebUI transcript after every event, so its rates
+    follow the disk's ``fsync`` latency, which on a shared VM moved between
+    about 0.7 and 4 ms within an hour; every run records it.
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix="fsync-") as f:
+            times = []
+            for _ in range(count):
+                t0 = time.perf_counter()
+                f.write(b"x" * 100 + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+                times.append(time.perf_counter() - t0)
+    except OSError:
+        return None
+    return round(statistics.median(times) * 1000, 2)
+
+
 class QuietWait:
     """Before each measurement, wait (bounded) for other work on the box to calm.
 
@@ -788,6 +809,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values=values,
         server_cpu_us_per_op=round(statistics.median(per_op), 2) if per_op else None,
         busy_cores_before=_median(ok, "busy_cores_before"),
+        fsync_ms_before=_median(ok, "fsync_ms_before"),
         server_cpu_util=_median(ok, "server_cpu_util"),
         client_cpu_util=_median(ok, "client_cpu_util"),
         other_cpu_util=_median(ok, "other_cpu_util"),
@@ -923,6 +945,7 @@ def cpu_table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
         "websockets/tc",
         "loadgen (cores)",
         "other (cores)",
+        "fsync ms",
     )
     lines: list[Sequence[str]] = [head]
 
@@ -941,6 +964,12 @@ def cpu_table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
         summaries = [row["servers"][k] for k in servers]
         client = [s["client_cpu_util"] for s in summaries if s.get("client_cpu_util")]
         other = [s["other_cpu_util"] for s in summaries if s.get("other_cpu_util")]
+        fsync = [
+            r["fsync_ms_before"]
+            for s in summaries
+            for r in s.get("runs", [])
+            if r.get("fsync_ms_before") is not None
+        ]
         lines.append(
             (
                 row["key"],
@@ -949,6 +978,7 @@ def cpu_table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
                 per_op_ratio(row, WEBSOCKETS),
                 f"{max(client):.2f}" if client else "",
                 f"{max(other):.2f}" if other else "0",
+                f"{statistics.median(fsync):.2f}" if fsync else "",
             )
         )
     return render_table(lines)
@@ -1192,8 +1222,9 @@ def main(argv: list[str] | None = None) -> int:
             order = servers if rep % 2 == 0 else servers[::-1]
             for kind in order:
                 busy = quiet.wait()
+                fsync = fsync_ms()
                 result = measure(kind, scenario.args, [], tools)
-                result["busy_cores_before"] = busy
+                result.update(busy_cores_before=busy, fsync_ms_before=fsync)
                 runs[kind].append(result)
                 _progress(scenario.key, rep, reps, kind, result)
         rows.append(summarize(scenario, runs))
@@ -1206,8 +1237,9 @@ def main(argv: list[str] | None = None) -> int:
                 if variant.missing:
                     continue
                 busy = quiet.wait()
+                fsync = fsync_ms()
                 result = measure(TRIO_CHANNEL, ds.args, variant.flags, tools)
-                result["busy_cores_before"] = busy
+                result.update(busy_cores_before=busy, fsync_ms_before=fsync)
                 vruns[variant.name].append(result)
                 _progress(ds.key, rep, reps, variant.name, result)
         store.append(summarize_durability(ds, vruns))
