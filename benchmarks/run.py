@@ -22,8 +22,9 @@ Servers:
 - ``trio_channel``: ``python -m trio_channel serve --port 0
   --no-require-token --data-dir TMP --log-level info --rate-limit 0
   --max-connections 20000 --agent agents:bench_agent``, run from this tree
-  (working directory: the repository, ``benchmarks/`` on ``PYTHONPATH`` for
-  the agent), with its default session store (SQLite in the data dir).
+  (``PYTHONPATH`` starts with the repository, or ``--trio-channel-path``,
+  then ``benchmarks/`` for the agent), with its default session store
+  (SQLite in the data dir).
 - ``nanobot``: ``benchmarks/nanobot_server.py`` under the Python that has
   nanobot-ai installed (``--nanobot-python``, or ``$BENCH_NANOBOT_PYTHON``;
   ``nox -s bench`` makes that venv). Without one, its column says so.
@@ -105,6 +106,8 @@ class Tools:
     python: str = sys.executable
     nanobot_python: str | None = None
     node: str = "node"
+    #: The directory whose ``trio_channel/`` package the daemon runs.
+    trio_channel_path: Path = REPO
 
     @classmethod
     def default(cls) -> Tools:
@@ -128,8 +131,8 @@ def detect_features(tools: Tools) -> Features:
             capture_output=True,
             text=True,
             timeout=HELP_TIMEOUT_S,
-            cwd=REPO,
-            env=child_env(TRIO_CHANNEL),
+            cwd=tempfile.gettempdir(),
+            env=child_env(TRIO_CHANNEL, tools=tools),
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -291,13 +294,17 @@ def durability_scenarios(quick: bool, features: Features) -> list[DurabilityScen
 # --- servers -------------------------------------------------------------------
 
 
-def child_env(kind: str = "", home: str | None = None) -> dict[str, str]:
+def child_env(
+    kind: str = "", home: str | None = None, tools: Tools | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     if kind == TRIO_CHANNEL:
-        # The benchmark agent (agents.py) imports from benchmarks/.
+        # The tree under test first (whatever the venv has installed), then
+        # benchmarks/ for the benchmark agent (agents.py).
+        tree = str((tools or Tools.default()).trio_channel_path)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(HERE), env.get("PYTHONPATH", "")) if p
+            p for p in (tree, str(HERE), env.get("PYTHONPATH", "")) if p
         )
     if kind == NANOBOT:
         env.pop("PYTHONPATH", None)
@@ -413,8 +420,8 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=REPO if kind == TRIO_CHANNEL else self._tmp.name,
-            env=child_env(kind, home=self._tmp.name),
+            cwd=self._tmp.name,
+            env=child_env(kind, home=self._tmp.name, tools=tools),
         )
         self.lines: list[str] = []
         self._urls: queue.Queue[str | None] = queue.Queue()
@@ -1156,6 +1163,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Python with nanobot-ai installed (default $BENCH_NANOBOT_PYTHON)",
     )
     p.add_argument("--node", default="node", help="the Node binary")
+    p.add_argument(
+        "--trio-channel-path",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="run the trio_channel/ package in DIR (default: this tree), e.g. a "
+        "scratch copy with a fix to measure",
+    )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument(
         "--quiet-threshold",
@@ -1179,7 +1194,11 @@ def main(argv: list[str] | None = None) -> int:
         help="longest total wait for a quiet machine over the whole run",
     )
     args = p.parse_args(argv)
-    tools = Tools(nanobot_python=args.nanobot_python, node=args.node)
+    tools = Tools(
+        nanobot_python=args.nanobot_python,
+        node=args.node,
+        trio_channel_path=args.trio_channel_path.resolve(),
+    )
     reps = args.reps or (1 if args.quick else 3)
     raise_nofile_limit()
     node_version = check_node(tools)
@@ -1212,6 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": reps,
         "client": "node-ws",
         "servers": servers,
+        "trio_channel_path": str(tools.trio_channel_path),
         "features": features.__dict__,
         "machine": machine(tools, node_version),
     }
@@ -1280,9 +1300,10 @@ def main(argv: list[str] | None = None) -> int:
     footnotes = notes(rows + store)
     if footnotes:
         print("\n" + "\n".join(footnotes))
+    reps_text = f"{reps} repetition(s), " if rows or store else ""
     print(
         f"\n{len(rows) + len(store) + (1 if chats else 0)} scenarios, "
-        f"{reps} repetition(s), {elapsed:.0f} s; details in {args.output}"
+        f"{reps_text}{elapsed:.0f} s; details in {args.output}"
     )
     return 0
 
