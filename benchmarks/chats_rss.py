@@ -132,7 +132,7 @@ def measure_all(
     return out
 
 
-def table(chats: dict[str, Any]) -> str:
+def table(chats: dict[str, Any], markdown: bool = False) -> str:
     modes = chats["modes"]
     head: list[str] = ["chats"]
     for mode in modes:
@@ -160,7 +160,7 @@ def table(chats: dict[str, Any]) -> str:
                 f"{p['rate']:,.0f}" if p.get("rate") else "",
             ]
         lines.append(line)
-    text = run.render_table(lines)
+    text = run.render_table(lines, markdown)
     for mode, m in modes.items():
         if m.get("failed"):
             text += f"\n! {mode}: failed: {m['failed'].strip().splitlines()[-1]}"

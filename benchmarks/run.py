@@ -688,7 +688,7 @@ def measure(
         server = Server(kind, flags, tools=tools)
     except Unavailable as exc:
         return {"unavailable": str(exc)}
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         return {"failed": str(exc)[-3000:]}
     try:
         if args[0] == "idle":
@@ -783,6 +783,56 @@ class QuietWait:
             busy = machine_busy_cores()
         self.waited_s += time.monotonic() - started
         return round(busy, 2)
+
+
+@dataclass
+class Retry:
+    """Measure again when other work used more than ``threshold`` cores.
+
+    The quiet wait only looks before a measurement; other people's test runs
+    often start during one. Such a measurement is repeated (a fresh server)
+    up to ``per_measurement`` times and ``budget`` times per run; the attempt
+    with the least other load is kept, the others are in its ``discarded``.
+    """
+
+    threshold: float
+    per_measurement: int
+    budget: int
+    used: int = 0
+
+
+def measure_quietly(
+    kind: str,
+    args: Sequence[str],
+    flags: Sequence[str],
+    tools: Tools,
+    quiet: QuietWait,
+    retry: Retry,
+) -> dict[str, Any]:
+    attempts: list[dict[str, Any]] = []
+    while True:
+        busy = quiet.wait()
+        fsync = fsync_ms()
+        result = measure(kind, args, flags, tools)
+        result.update(busy_cores_before=busy, fsync_ms_before=fsync)
+        attempts.append(result)
+        other = result.get("other_cpu_util")
+        if (
+            other is None
+            or other <= retry.threshold
+            or len(attempts) > retry.per_measurement
+            or retry.used >= retry.budget
+        ):
+            break
+        retry.used += 1
+    best = min(
+        attempts,
+        key=lambda r: (r.get("other_cpu_util") is None, r.get("other_cpu_util") or 0),
+    )
+    if len(attempts) > 1:
+        discarded = [r for r in attempts if r is not best]
+        best = {**best, "discarded": discarded}
+    return best
 
 
 # --- report ------------------------------------------------------------------------
@@ -904,7 +954,9 @@ def _ratio_cell(ratio: float | None) -> str:
     return "" if ratio is None else f"{ratio:.2f}"
 
 
-def table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
+def table(
+    rows: list[dict[str, Any]], servers: Sequence[str], markdown: bool = False
+) -> str:
     head = (
         "scenario",
         *servers,
@@ -928,11 +980,21 @@ def table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
                 _ratio_cell(row.get("ratio_websockets")),
             )
         )
-    return render_table(lines)
+    return render_table(lines, markdown)
 
 
-def render_table(lines: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns, a rule under the first (header) line."""
+def render_table(lines: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Left-aligned columns, a rule under the first (header) line.
+
+    ``markdown``: a pipe table, for ``results/latest.md`` and the docs.
+    """
+    if markdown:
+        rows = [
+            "| " + " | ".join(c.replace("|", "/") for c in line) + " |"
+            for line in lines
+        ]
+        rows.insert(1, "|" + "---|" * len(lines[0]))
+        return "\n".join(rows)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for n, line in enumerate(lines):
@@ -944,7 +1006,9 @@ def render_table(lines: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def cpu_table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
+def cpu_table(
+    rows: list[dict[str, Any]], servers: Sequence[str], markdown: bool = False
+) -> str:
     head = (
         "scenario",
         *(f"{k} us/op" for k in servers),
@@ -988,10 +1052,10 @@ def cpu_table(rows: list[dict[str, Any]], servers: Sequence[str]) -> str:
                 f"{statistics.median(fsync):.2f}" if fsync else "",
             )
         )
-    return render_table(lines)
+    return render_table(lines, markdown)
 
 
-def durability_table(rows: list[dict[str, Any]]) -> str:
+def durability_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     if not rows:
         return ""
     names = list(rows[0]["variants"])
@@ -1018,7 +1082,7 @@ def durability_table(rows: list[dict[str, Any]]) -> str:
             for n in names
         ]
         lines.append((row["label"], *cells, *ratios, *per_op))
-    return render_table(lines)
+    return render_table(lines, markdown)
 
 
 def notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -1127,6 +1191,41 @@ def machine(tools: Tools, node_version: str) -> dict[str, Any]:
 # --- main ---------------------------------------------------------------------------
 
 
+def report_text(
+    rows: list[dict[str, Any]],
+    store: list[dict[str, Any]],
+    chats: dict[str, Any] | None,
+    servers: Sequence[str],
+    markdown: bool,
+) -> str:
+    """Every table of the run, with its captions and footnotes."""
+    parts = []
+    if rows:
+        parts.append(table(rows, servers, markdown))
+        parts.append(
+            "\nServer CPU per operation (round trip, frame, connect), medians; less"
+            " sensitive to\nother work on the machine than the rates above:\n"
+        )
+        parts.append(cpu_table(rows, servers, markdown))
+    if store:
+        parts.append(
+            "\nDurability: trio_channel's session stores, ratios to the memory store"
+            " in this run:\n"
+        )
+        parts.append(durability_table(store, markdown))
+    if chats:
+        import chats_rss
+
+        parts.append(
+            "\nChat metadata: server RSS while chats are created (sqlite store):\n"
+        )
+        parts.append(chats_rss.table(chats, markdown))
+    footnotes = notes(rows + store)
+    if footnotes:
+        parts.append("\n" + "\n".join(footnotes))
+    return "\n".join(parts)
+
+
 def _progress(key: str, rep: int, reps: int, name: str, result: dict[str, Any]) -> None:
     if "value" in result and "failed" not in result:
         shown = _fmt(result["value"])
@@ -1136,6 +1235,8 @@ def _progress(key: str, rep: int, reps: int, name: str, result: dict[str, Any]) 
         shown = "n/a: " + result["unavailable"]
     else:
         shown = "FAILED: " + result.get("failed", "?").strip().splitlines()[-1][:120]
+    if result.get("discarded"):
+        shown += f" (the quietest of {len(result['discarded']) + 1} attempts)"
     print(
         f"  {key:<16} rep {rep + 1}/{reps} {name:<26} {shown}",
         file=sys.stderr,
@@ -1173,6 +1274,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="print the tables of an earlier run's JSON as Markdown, and exit",
+    )
+    p.add_argument(
         "--quiet-threshold",
         type=float,
         default=0.3,
@@ -1193,7 +1300,35 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="longest total wait for a quiet machine over the whole run",
     )
+    p.add_argument(
+        "--retry-busy",
+        type=float,
+        default=0.3,
+        metavar="CORES",
+        help="measure again when other work used more than this during a window",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="at most N repeats per measurement (and 60 per run); 0 = never",
+    )
     args = p.parse_args(argv)
+    if args.render:
+        old = json.loads(args.render.read_text())
+        print(
+            report_text(
+                old["scenarios"],
+                old.get("durability") or [],
+                old.get("chats_rss"),
+                old["servers"],
+                markdown=True,
+            )
+        )
+        return 0
+    if args.nanobot_python and os.sep in args.nanobot_python:
+        args.nanobot_python = os.path.abspath(args.nanobot_python)
     tools = Tools(
         nanobot_python=args.nanobot_python,
         node=args.node,
@@ -1208,6 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
             f"trio_channel serve --help failed: {features.help_error}", file=sys.stderr
         )
     quiet = QuietWait(args.quiet_threshold, args.quiet_wait, args.quiet_budget)
+    retry = Retry(args.retry_busy, args.retries, 60 if args.retries else 0)
 
     main_rows = scenarios(args.quick)
     store_rows = durability_scenarios(args.quick, features)
@@ -1241,10 +1377,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(reps):
             order = servers if rep % 2 == 0 else servers[::-1]
             for kind in order:
-                busy = quiet.wait()
-                fsync = fsync_ms()
-                result = measure(kind, scenario.args, [], tools)
-                result.update(busy_cores_before=busy, fsync_ms_before=fsync)
+                result = measure_quietly(kind, scenario.args, [], tools, quiet, retry)
                 runs[kind].append(result)
                 _progress(scenario.key, rep, reps, kind, result)
         rows.append(summarize(scenario, runs))
@@ -1256,10 +1389,9 @@ def main(argv: list[str] | None = None) -> int:
             for variant in order:
                 if variant.missing:
                     continue
-                busy = quiet.wait()
-                fsync = fsync_ms()
-                result = measure(TRIO_CHANNEL, ds.args, variant.flags, tools)
-                result.update(busy_cores_before=busy, fsync_ms_before=fsync)
+                result = measure_quietly(
+                    TRIO_CHANNEL, ds.args, variant.flags, tools, quiet, retry
+                )
                 vruns[variant.name].append(result)
                 _progress(ds.key, rep, reps, variant.name, result)
         store.append(summarize_durability(ds, vruns))
@@ -1273,37 +1405,25 @@ def main(argv: list[str] | None = None) -> int:
     report.update(
         elapsed_s=round(elapsed, 1),
         quiet_wait_total_s=round(quiet.waited_s, 1),
+        busy_retries=retry.used,
         scenarios=rows,
         durability=store,
         chats_rss=chats,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    if rows:
-        print(table(rows, servers))
-        print(
-            "\nServer CPU per operation (round trip, frame, connect), medians; less"
-            " sensitive to\nother work on the machine than the rates above:\n"
-        )
-        print(cpu_table(rows, servers))
-    if store:
-        print(
-            "\nDurability: trio_channel's session stores, ratios to the memory store"
-            " in this run:\n"
-        )
-        print(durability_table(store))
-    if chats:
-        import chats_rss
-
-        print("\nChat metadata: server RSS while chats are created (sqlite store):\n")
-        print(chats_rss.table(chats))
-    footnotes = notes(rows + store)
-    if footnotes:
-        print("\n" + "\n".join(footnotes))
+    for markdown in (False, True):
+        text = report_text(rows, store, chats, servers, markdown)
+        if markdown:
+            md = args.output.with_suffix(".md")
+            md.write_text(text + "\n")
+        else:
+            print(text)
     reps_text = f"{reps} repetition(s), " if rows or store else ""
     print(
         f"\n{len(rows) + len(store) + (1 if chats else 0)} scenarios, "
-        f"{reps_text}{elapsed:.0f} s; details in {args.output}"
+        f"{reps_text}{elapsed:.0f} s; details in {args.output} "
+        f"(tables also in {args.output.with_suffix('.md')})"
     )
     return 0
 
