@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -30,12 +33,61 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "--strict", "trio_channel")
 
 
+#: The reference the benchmark measures trio_channel against, in a venv of its
+#: own (it brings heavy dependencies of its own: LLM SDKs, chat platforms).
+NANOBOT_REQUIREMENT = "nanobot-ai==0.2.2"
+NODE_DIR = Path("benchmarks/node")
+
+
+def _npm_ci(session: nox.Session) -> None:
+    """``npm ci`` in benchmarks/node when node_modules is missing or stale."""
+    lock = NODE_DIR / "package-lock.json"
+    stamp = NODE_DIR / "node_modules" / ".bench-lock-sha256"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    with session.chdir(NODE_DIR):
+        session.run(
+            "timeout", "600", "npm", "ci", "--no-audit", "--no-fund", external=True
+        )
+    stamp.write_text(digest + "\n")
+
+
+def _nanobot_python(session: nox.Session) -> str:
+    """A venv with nanobot-ai for benchmarks/nanobot_server.py; made once."""
+    venv = Path(session.virtualenv.location).parent / "bench-nanobot"
+    python = venv / "bin" / "python"
+    stamp = venv / ".bench-requirement"
+    if stamp.exists() and stamp.read_text().strip() == NANOBOT_REQUIREMENT:
+        return str(python)
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    session.run(
+        "timeout",
+        "1800",
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        NANOBOT_REQUIREMENT,
+        external=True,
+    )
+    stamp.write_text(NANOBOT_REQUIREMENT + "\n")
+    return str(python)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """trio_channel against a bare trio-websocket server (docs/benchmarks.md).
+    """trio_channel against nanobot, websockets and trio-websocket servers.
 
-    Not part of the default sessions: it takes about 3 minutes on 2 cores.
-    ``nox -s bench -- --quick`` is a 30-second smoke run.
+    See docs/benchmarks.md. Not part of the default sessions: it takes about
+    17 minutes on 2 cores. ``nox -s bench -- --quick`` is a 90-second smoke
+    run, ``-- --only KEY ...`` runs chosen rows (``--only chats_rss``: the
+    chat-metadata memory scenario, a few minutes).
     """
     session.install("-e", ".", "websockets", "psutil")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    _npm_ci(session)
+    nanobot = _nanobot_python(session)
+    session.run(
+        "python", "benchmarks/run.py", "--nanobot-python", nanobot, *session.posargs
+    )

@@ -1,4 +1,7 @@
-"""Load generator for the benchmark: runs in its own process, prints JSON.
+"""The Python load generator: runs in its own process, prints JSON.
+
+The benchmark's table uses the Node one (``benchmarks/node/loadgen.mjs``);
+this one stays for the profilers (``--client raw``) and for cross-checks.
 
 Usage::
 
@@ -14,8 +17,8 @@ anything else is refused). Scenarios:
     trips/s, all clients together.
 ``stream``
     Like ``rtt`` with ``stream:N`` (``--deltas``); value: frames/s received,
-    all clients together (every frame counts: goal_status, deltas,
-    stream_end, turn_end).
+    all clients together (the frames of the turns: goal_status, deltas,
+    stream_end, turn_end; other events are not counted).
 ``fanout``
     ``--clients`` connections subscribe to one chat (the first one's default
     chat; the others ``attach``); the first sends ``stream:N`` and every
@@ -74,6 +77,11 @@ CLOSE_TIMEOUT_S = 5.0
 OPEN_CONCURRENCY = 50
 
 _EVENT_PREFIX = b'{"event":"'
+#: The events a turn produces; values count these frames only (nanobot also
+#: broadcasts ``session_updated`` after every turn, counted apart).
+_TURN_EVENTS = frozenset(
+    {b"goal_status", b"message", b"delta", b"stream_end", b"turn_end"}
+)
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -103,6 +111,7 @@ class ConnState:
 
     def __init__(self) -> None:
         self.frames = 0
+        self.turn_frames = 0
         self.counts: dict[bytes, int] = {}
         self.ready: dict[str, Any] | None = None
         self.closed = False
@@ -117,6 +126,8 @@ class ConnState:
                 name = str(json.loads(payload).get("event", "")).encode()
             except (ValueError, AttributeError):
                 name = b"?"
+        if name in _TURN_EVENTS:
+            self.turn_frames += 1
         count = self.counts.get(name, 0) + 1
         self.counts[name] = count
         if name == b"ready":
@@ -509,7 +520,7 @@ async def scenario_turns(
     all_conns = [*active, *idle]
     if frames:
         count, window = await timed_window(
-            args, meter, lambda: sum(c.state.frames for c in active), stop, failed
+            args, meter, lambda: sum(c.state.turn_frames for c in active), stop, failed
         )
     else:
         count, window = await timed_window(args, meter, lambda: done[0], stop, failed)
@@ -548,7 +559,7 @@ async def scenario_fanout(
         if time.monotonic() - started_at > args.duration + OP_TIMEOUT_S:
             break
         goal = [c.state.count(b"goal_status") + 2 for c in conns]
-        before = sum(c.state.frames for c in conns)
+        before = sum(c.state.turn_frames for c in conns)
         snap = meter.snapshot()
         sender.send_text(text)
         await asyncio.gather(
@@ -558,7 +569,7 @@ async def scenario_fanout(
             )
         )
         end = meter.snapshot()
-        delivered = sum(c.state.frames for c in conns) - before
+        delivered = sum(c.state.turn_frames for c in conns) - before
         if delivered != per_turn * len(conns):
             raise RuntimeError(
                 f"expected {per_turn * len(conns)} frames, got {delivered}"

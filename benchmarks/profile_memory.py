@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/profile_memory.py [--server trio_channel|bare]
+    python benchmarks/profile_memory.py [--server NAME]
         [--connections 2000] [--top 25]
 
 The server runs as a subprocess under ``tracemalloc`` (this file is the
@@ -91,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", choices=run.SERVERS, default=run.TRIO_CHANNEL)
     p.add_argument("--connections", type=int, default=2000)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--nanobot-python",
+        default=run.Tools.default().nanobot_python,
+        help="Python with nanobot-ai (for --server nanobot)",
+    )
     args = p.parse_args(argv)
     run.raise_nofile_limit()
-    store = run.detect_store()
-    flags = store.off_flags if args.server == run.TRIO_CHANNEL else []
+    tools = run.Tools(nanobot_python=args.nanobot_python)
     out_dir = run.HERE / "results" / "profiles"
     out_dir.mkdir(parents=True, exist_ok=True)
     snapdir = out_dir / f"mem-{args.server}"
@@ -103,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         old.unlink()
     wrapper = [str(Path(__file__).resolve()), "--child", str(snapdir), "--"]
     n = args.connections
-    with run.running(args.server, flags, wrapper=wrapper) as server:
+    with run.running(args.server, tools=tools, wrapper=wrapper) as server:
         load = subprocess.Popen(
-            run.loadgen_command(server, ["idle", "--total", str(n)], "raw"),
+            run.loadgen_command(server, ["idle", "--total", str(n)], tools=tools),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/profile_server.py SCENARIO [--server trio_channel|bare]
+    python benchmarks/profile_server.py SCENARIO [--server NAME]
         [--seconds 4] [--rate 250] [--top 20] [--out benchmarks/results/profiles]
+        [--client node|raw|websockets]
 
 ``SCENARIO`` is a key from ``run.py`` (``rtt_1``, ``stream_10``, ``fanout``,
 ``connects``, ...). The server is started like ``run.py`` does, the load
@@ -141,28 +142,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=250)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--out", type=Path, default=run.HERE / "results" / "profiles")
-    p.add_argument("--client", choices=["raw", "websockets"], default="raw")
+    p.add_argument(
+        "--client",
+        choices=["node", "raw", "websockets"],
+        default="node",
+        help="node: the benchmark's load generator; raw/websockets: loadgen.py",
+    )
+    p.add_argument(
+        "--nanobot-python",
+        default=run.Tools.default().nanobot_python,
+        help="Python with nanobot-ai (for --server nanobot)",
+    )
     args = p.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     run.raise_nofile_limit()
-    store = run.detect_store()
-    known = {s.key: s for s in run.scenarios(False, store)}
+    tools = run.Tools(nanobot_python=args.nanobot_python)
+    known = {s.key: s for s in run.scenarios(False)}
     if args.scenario not in known:
         raise SystemExit(f"unknown scenario; pick one of {', '.join(known)}")
     scenario = known[args.scenario]
-    if scenario.unavailable or scenario.args[0] == "idle":
+    if scenario.args[0] == "idle":
         raise SystemExit("that scenario cannot be profiled this way")
-    flags: list[str] = []
-    if args.server == run.TRIO_CHANNEL:
-        flags = scenario.tc_flags if scenario.key == "rtt_1_store" else store.off_flags
     args.out.mkdir(parents=True, exist_ok=True)
     raw_path = args.out / f"{args.server}-{scenario.key}.txt"
-    with run.running(args.server, flags) as server:
+    with run.running(args.server, tools=tools) as server:
         load = subprocess.Popen(
             run.loadgen_command(
-                server, longer(scenario.args, args.seconds), args.client
+                server, longer(scenario.args, args.seconds), args.client, tools
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

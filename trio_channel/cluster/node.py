@@ -128,9 +128,11 @@ class ClusterNode:
             running_turns=self.book.turns_of,
             ttl_s=self.lease_ttl_s,
         )
-        lot = self.leases.turn_ended
-        self.book.on_end = lambda: lot.unpark_all() and None
+        self.book.on_end = self._turn_ended
         self.tokens = SharedTokens(link, self.token_ttl_s)
+
+    def _turn_ended(self) -> None:
+        self.leases.turn_ended.unpark_all()
 
     @property
     def degraded_reason(self) -> str | None:
