@@ -103,7 +103,7 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
     "slow_consumer_timeout_s": (
         float,
         "SECONDS",
-        "close (1013) a connection whose send queue stays full this long",
+        "close (1013) a connection whose socket takes no bytes this long",
     ),
     "shutdown_grace_s": (float, "SECONDS", "time clients get to close on shutdown"),
     "session_store": (
