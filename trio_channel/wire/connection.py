@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Final
 
 import attrs
 import trio
@@ -33,21 +33,18 @@ from ..core.events import (
     Error,
     InboundMessage,
     ServerEvent,
-    WebuiResponse,
     encode_event,
 )
-from ..core.hub import ChatHub
-from ..core.protocol import ChatMessage, Request, WebuiRequest
+from ..core.protocol import ChatMessage, Request
 from ..core.session import (
     STORE_UNAVAILABLE,
-    ChatLog,
     ClientSession,
     Effects,
     NeedsMedia,
 )
-from ..metrics import ChannelMetrics
-from ..store.base import EventPage, StoreError
+from ..store.base import StoreError
 from ..store.committer import StoreUnavailable
+from .contract import AgentGone, Backend, ConnectionLimits
 from .frames import text_frame
 from .timekeeper import Timekeeper
 
@@ -74,57 +71,6 @@ SEND_CHUNK_BYTES: Final = 256 * 1024
 DEAD_PEER_CLOSE_S: Final = 1.0
 #: Pause before a catch-up read is tried again after a store error.
 CATCH_UP_RETRY_S: Final = 0.5
-
-
-class AgentGone(Exception):
-    """The agent no longer takes messages: the connection closes (1011)."""
-
-
-class Backend(Protocol):
-    """What a connection needs of the channel beyond its socket."""
-
-    hub: ChatHub[WsConnection]
-    metrics: ChannelMetrics
-
-    async def load_chat(self, chat_id: str, *, fresh: bool) -> ChatLog: ...
-
-    async def save_media(
-        self, session: ClientSession, request: ChatMessage
-    ) -> Effects: ...
-
-    async def deliver(self, message: InboundMessage) -> None:
-        """Store ``message``, then hand it to the agent.
-
-        Raises ``StoreUnavailable`` (nothing was stored) or :class:`AgentGone`.
-        """
-        ...
-
-    def echo(
-        self, sender: WsConnection, message: InboundMessage, starts_turn: bool
-    ) -> None: ...
-
-    def persist_scope(self, chat_id: str, scope: object) -> None: ...
-
-    async def webui_request(self, request: WebuiRequest) -> WebuiResponse: ...
-
-    async def read_events(
-        self, chat_id: str, after_seq: int, limit: int
-    ) -> EventPage: ...
-
-    async def discard_media(self, paths: Sequence[str]) -> None: ...
-
-
-@attrs.frozen
-class ConnectionLimits:
-    max_message_bytes: int
-    ping_timeout_s: float
-    close_timeout_s: float
-    send_queue_frames: int
-
-    @property
-    def catch_up_page(self) -> int:
-        """Events read per catch-up step: always fits the send queue twice."""
-        return max(1, min(256, self.send_queue_frames // 2))
 
 
 @attrs.define(eq=False)
