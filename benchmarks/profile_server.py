@@ -149,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         help="node: the benchmark's load generator; raw/websockets: loadgen.py",
     )
     p.add_argument(
+        "--server-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help=(
+            "an extra flag for the server (repeat),"
+            " e.g. --server-flag=--session-store=memory"
+        ),
+    )
+    p.add_argument(
         "--nanobot-python",
         default=run.Tools.default().nanobot_python,
         help="Python with nanobot-ai (for --server nanobot)",
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("that scenario cannot be profiled this way")
     args.out.mkdir(parents=True, exist_ok=True)
     raw_path = args.out / f"{args.server}-{scenario.key}.txt"
-    with run.running(args.server, tools=tools) as server:
+    with run.running(args.server, args.server_flag, tools=tools) as server:
         load = subprocess.Popen(
             run.loadgen_command(
                 server, longer(scenario.args, args.seconds), args.client, tools

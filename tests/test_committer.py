@@ -32,6 +32,9 @@ class FakeStore:
     failures: list[StoreError] = attrs.field(factory=list)
     write_time: float = 0.01
     seq: int = 0
+    #: Whether :meth:`write_now` writes (else it declines, like Redis).
+    inline: bool = False
+    inline_batches: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
@@ -44,6 +47,16 @@ class FakeStore:
 
     async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
         await trio.sleep(self.write_time)
+        return self._apply(ops)
+
+    def write_now(self, ops: Sequence[StoreOp]) -> list[StoreResult] | None:
+        """Only while ``inline``: like SQLite with synchronous=normal."""
+        if not self.inline:
+            return None
+        self.inline_batches += 1
+        return self._apply(ops)
+
+    def _apply(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
         if self.failures:
             raise self.failures.pop(0)
         self.batches.append(list(ops))
@@ -119,6 +132,70 @@ async def test_write_waits_until_stored(
     assert isinstance(result, StoredUserMessage)
     assert trio.current_time() - start == pytest.approx(0.01)
     assert store.batches == [[user()]]
+
+
+async def test_commit_now_writes_in_the_callers_task_in_queue_order(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    store.inline = True
+    order: list[str] = []
+    committer.submit(ev(1), lambda r: order.append("stored 1"))
+    committer.after(lambda: order.append("status"))
+    committer.submit(ev(2), lambda r: order.append("stored 2"))
+    start = trio.current_time()
+    committer.commit_now()
+    # Done before this task yielded once: no task switch, no thread.
+    assert order == ["stored 1", "status", "stored 2"]
+    assert store.batches == [[ev(1), ev(2)]] and store.inline_batches == 1
+    assert committer.idle
+    result = await committer.write(user())
+    assert isinstance(result, StoredUserMessage)
+    assert trio.current_time() == start  # not the task's 10 ms write
+    assert store.inline_batches == 2
+
+
+async def test_commit_now_leaves_to_the_task_what_the_store_declines(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    done: list[int] = []
+    committer.submit(ev(1), lambda r: done.append(r.seq))  # type: ignore[union-attr]
+    committer.commit_now()  # declined: the store is not inline
+    assert done == [] and len(committer._queue) == 1
+    await trio.sleep(1)
+    assert done == [1] and store.batches == [[ev(1)]]
+
+
+async def test_commit_now_failing_hands_the_batch_to_the_tasks_retries(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    store.inline = True
+    store.failures = [FULL]
+    done: list[int] = []
+    committer.submit(ev(1), lambda r: done.append(r.seq))  # type: ignore[union-attr]
+    committer.commit_now()
+    assert done == []
+    await trio.sleep(1)
+    # The task tried again (the fake's write takes the same failures list)
+    # and the batch was stored once, in order.
+    assert done == [1] and store.batches == [[ev(1)]]
+
+
+async def test_commit_now_waits_behind_a_batch_being_written(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    done: list[int] = []
+    committer.submit(ev(1), lambda r: done.append(r.seq))  # type: ignore[union-attr]
+    await trio.testing.wait_all_tasks_blocked()  # the task is writing it
+    store.inline = True
+    committer.submit(ev(2), lambda r: done.append(r.seq))  # type: ignore[union-attr]
+    committer.commit_now()  # must not overtake the batch in flight
+    assert done == []
+    await trio.sleep(1)
+    assert done == [1, 2]
 
 
 async def test_transient_errors_are_retried_without_fuss(

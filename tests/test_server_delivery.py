@@ -190,6 +190,11 @@ class FlakyStore(MemoryStore):
         await self.probe()
         return await super().write(ops)
 
+    def write_now(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
+        if self.broken is not None:
+            raise StoreError(self.broken, transient=False)
+        return super().write_now(ops)
+
     async def probe(self) -> None:
         await trio.lowlevel.checkpoint()
         if self.broken is not None:

@@ -71,6 +71,20 @@ async def test_with_seq_appends_the_member() -> None:
     assert with_seq(b'{"a":1}', 12) == b'{"a":1,"seq":12}'
 
 
+async def test_write_now_is_write_done_at_once_or_nothing(store: SessionStore) -> None:
+    await append(store, event("n"))
+    ops = [event("n", "now"), AppendUserMessage("n", 6.0, "u", "hi")]
+    results = store.write_now(ops)
+    page = await store.read_events("n", 0, 10)
+    if results is None:  # a store that declines (Redis) applied nothing
+        assert [seq for seq, _ in page.events] == [1]
+        return
+    appended, user = results
+    assert isinstance(appended, Appended) and appended.seq == 2
+    assert isinstance(user, StoredUserMessage) and user.after_seq == 2
+    assert page.events[-1] == (2, appended.payload)
+
+
 async def test_the_same_event_id_is_stored_once(store: SessionStore) -> None:
     op = event("d", "once", event_id="node:1")
     first = await append(store, op)

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import trio
 
+from trio_channel.store import sqlite as sqlite_store
 from trio_channel.store.base import (
     Appended,
     AppendEvent,
@@ -20,14 +21,15 @@ from trio_channel.store.base import (
     StoreError,
     UpdateChat,
 )
-from trio_channel.store.sqlite import SqliteStore
+from trio_channel.store.sqlite import INLINE_MAX_OPS, SqliteStore
 
 
-def event(chat_id: str, text: str, n: int) -> AppendEvent:
+def event(chat_id: str, text: str, n: int, at: float | None = None) -> AppendEvent:
     payload = msgspec.json.encode(
         {"event": "message", "chat_id": chat_id, "text": text}
     )
-    return AppendEvent(chat_id, f"t:{n:08x}", payload, at=float(n), text=text)
+    at = float(n) if at is None else at
+    return AppendEvent(chat_id, f"t:{n:08x}", payload, at=at, text=text)
 
 
 async def run(store: SqliteStore, nursery: trio.Nursery) -> SqliteStore:
@@ -131,6 +133,104 @@ async def test_synchronous_full_is_applied(
     assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert "synchronous=full" in store.description
+
+
+async def test_small_batches_commit_on_the_loop_and_survive_a_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    async with trio.open_nursery() as nursery:
+        store = await run(SqliteStore(path), nursery)
+        results = [
+            store.write_now([event("c", text, n)])
+            for n, text in [(1, "one"), (2, "two")]
+        ]
+        assert [r[0].seq for r in results if r and isinstance(r[0], Appended)] == [1, 2]
+        nursery.cancel_scope.cancel()
+    # What write_now returned is committed: a fresh process sees it.
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+    db.close()
+
+
+async def test_write_now_declines_what_would_wait_and_writes_nothing(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    full = await run(SqliteStore(tmp_path / "f.sqlite3", synchronous="full"), nursery)
+    assert full.write_now([event("c", "x", 1)]) is None  # an fsync per commit
+    store = await run(SqliteStore(tmp_path / "s.sqlite3"), nursery)
+    big = [event("c", "x", n) for n in range(INLINE_MAX_OPS + 1)]
+    assert store.write_now(big) is None  # the thread runs beside the loop
+    # Another process holds the write lock: declined at once, not waited for.
+    other = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    assert store.write_now([event("c", "x", 1)]) is None
+    other.execute("COMMIT")
+    other.close()
+    assert await store.chat("c") is None and await full.chat("c") is None
+    stored = await store.write(big)  # the thread path takes them all
+    assert [r.seq for r in stored if isinstance(r, Appended)][-1] == len(big)
+
+
+async def test_a_locked_database_is_waited_for_in_a_thread(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    store = await run(SqliteStore(tmp_path / "s.sqlite3"), nursery)
+    other = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    async with trio.open_nursery() as writers:
+        writers.start_soon(store.write, [event("c", "waited", 1)])
+        await trio.sleep(0.02)  # real time: the thread is in SQLite's busy wait
+        assert await store.chat("c") is None
+        other.execute("COMMIT")
+    other.close()
+    page = await store.read_events("c", 0, 10)
+    assert [seq for seq, _ in page.events] == [1]
+
+
+async def test_a_row_written_lazily_still_reads_back_exactly(tmp_path: Path) -> None:
+    """Appends within a second skip the chat row; seq comes from the events."""
+    path = tmp_path / "s.sqlite3"
+    async with trio.open_nursery() as nursery:
+        store = await run(SqliteStore(path, cache_rows=1), nursery)
+        for n in range(1, 6):  # 0.1 s apart: only the first writes the row
+            assert store.write_now([event("c", "x", n, at=n / 10)]) is not None
+        on_disk = (
+            sqlite3.connect(path)
+            .execute("SELECT last_seq FROM chats WHERE chat_id = 'c'")
+            .fetchone()[0]
+        )
+        assert on_disk < 5  # the row trails ...
+        await store.write([event("other", "x", 99)])  # evicts "c" from the cache
+        meta = await store.chat("c")  # ... but what is read is exact
+        assert meta is not None and meta.last_seq == 5
+        (sixth,) = await store.write([event("c", "x", 6, at=0.6)])
+        assert isinstance(sixth, Appended) and sixth.seq == 6
+        page = await store.read_events("c", 0, 10)
+        assert (page.first_seq, page.last_seq) == (1, 6)
+        nursery.cancel_scope.cancel()
+
+
+async def test_checkpoints_keep_the_wal_small(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 8)
+    store = await run(SqliteStore(tmp_path / "s.sqlite3"), nursery)
+    wal = tmp_path / "s.sqlite3-wal"
+    for n in range(400):
+        before = store.checkpoints
+        assert store.write_now([event("c", "x" * 2000, n)]) is not None
+        if (n + 1) % 8 == 0:
+            with trio.fail_after(5):  # real time: the checkpoint's thread
+                # The count moves in the checkpoint thread: poll it.
+                while store.checkpoints == before:  # noqa: ASYNC110
+                    await trio.sleep(0.001)
+    # 400 commits of a 2 KB event would leave a WAL of several MB without
+    # checkpoints (autocheckpoint is off); with them it is reused.
+    assert store.checkpoints >= 40
+    assert wal.stat().st_size < 1_000_000
+    page = await store.read_events("c", 0, 1000)
+    assert len(page.events) == 400
 
 
 V1_SCHEMA = """

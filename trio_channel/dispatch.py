@@ -16,7 +16,9 @@ the outbound bus. Per event, in the order the agent sent them:
 
 It waits only when the store's queue is full (back-pressure on the agent),
 and it takes everything already on the bus before yielding, so writers wake
-to whole batches.
+to whole batches; a store that can commit at once
+(:meth:`~trio_channel.store.committer.GroupCommitter.commit_now`) commits
+that batch in this task, with no task switch in between.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Dispatcher:
             async for first in self.outbound:
                 for event in self._already_queued(first):
                     await self.dispatch(event)
+                # Commit the batch here when the store can do it at once.
+                self.committer.commit_now()
 
     def _already_queued(self, first: AgentEvent) -> Iterator[AgentEvent]:
         yield first

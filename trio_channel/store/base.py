@@ -251,6 +251,17 @@ class SessionStore(Protocol):
         """
         ...
 
+    def write_now(self, ops: Sequence[StoreOp]) -> list[StoreResult] | None:
+        """Apply ``ops`` like :meth:`write`, synchronously, if that is cheap.
+
+        A store whose write would block the event loop for long (network,
+        an fsync, a lock held elsewhere, a large batch) returns None without
+        applying anything, and the caller awaits :meth:`write` instead. Why
+        it exists: a thread hop costs more than a small SQLite commit (see
+        docs/benchmarks.md). Raises :class:`StoreError` like :meth:`write`.
+        """
+        ...
+
     async def probe(self) -> None:
         """A small real write, to tell when a failing store takes writes again.
 

@@ -61,6 +61,9 @@ class MemoryStore:
 
     async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
         await trio.lowlevel.checkpoint()
+        return self.write_now(ops)
+
+    def write_now(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
         results: list[StoreResult] = []
         for op in ops:
             if isinstance(op, AppendEvent):

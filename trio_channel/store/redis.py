@@ -142,6 +142,10 @@ class RedisStore:
             out.append(self._result(op, result))
         return out
 
+    def write_now(self, ops: Sequence[StoreOp]) -> None:
+        """Never: every write is a network round trip."""
+        return None
+
     def _call(self, op: StoreOp) -> Call:
         keys = self.layout.chat(op.chat_id)
         chat = [keys.meta, keys.log, keys.eids, keys.users]

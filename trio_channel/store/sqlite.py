@@ -7,12 +7,22 @@ in the OS's page cache); with ``synchronous=FULL`` every commit also waits
 for the disk, so it survives power loss too. docs/operations.md has the
 measured cost.
 
-Threads: all SQL runs in worker threads, never on the event loop. One
-connection writes, one reads (WAL lets readers see the last commit while the
-writer works); a trio lock per connection keeps each used by one thread at
-a time.
+Threads: a lone write with ``synchronous=NORMAL`` is committed on the event
+loop (:meth:`SqliteStore.write_now`): such a commit only writes to the WAL
+file, in the OS's page cache, and costs about a sixth of a thread hop (17
+against 100 µs of CPU on our 2-core machine; docs/benchmarks.md). Everything
+that may wait goes to worker threads: larger batches (SQLite's C code then
+runs beside the loop), ``synchronous=FULL`` commits (an fsync each), a write
+that finds the database locked by another process (retried in a thread with
+a busy timeout), every read, and WAL checkpoints, which fsync and which
+SQLite would otherwise run inside an unlucky commit
+(``wal_autocheckpoint`` is off; :meth:`SqliteStore._checkpoints` runs them
+every :data:`CHECKPOINT_EVERY` commits). One connection writes, one reads
+(WAL lets readers see the last commit while the writer works), one
+checkpoints; a trio lock per connection keeps each used by one thread at a
+time.
 
-Memory: chat rows are cached, bounded (:class:`_RowCache`, least recently
+Memory: chat rows are cached, bounded (:class:`RowCache`, least recently
 used first out), so a store with millions of chats costs a bounded amount of
 RAM. Only the writer thread fills the cache, with committed rows, so it is
 always right: the writer takes ``seq`` from it.
@@ -20,11 +30,10 @@ always right: the writer takes ``seq`` from it.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from threading import Lock
 from typing import Any, Final, Literal, TypeVar
 
 import attrs
@@ -32,118 +41,39 @@ import msgspec
 import trio
 
 from .base import (
-    PREVIEW_CHARS,
-    TITLE_CHARS,
-    Appended,
-    AppendEvent,
-    AppendUserMessage,
     ChatMeta,
-    DeleteChat,
     EventPage,
-    StoredUserMessage,
     StoreError,
     StoreOp,
     StoreResult,
-    UpdateChat,
     UserMessage,
-    new_epoch,
-    with_seq,
 )
+from .sqlite_batch import ROW_COLUMNS, SEQ_BOUNDS, Batch, Row, RowCache
 from .sqlite_schema import prepare
 
 _T = TypeVar("_T")
 
 DEFAULT_CACHE_ROWS: Final = 10_000
+#: The largest batch :meth:`SqliteStore.write_now` commits on the event
+#: loop: a lone write. Measured (docs/benchmarks.md): a lone commit means
+#: the daemon is not saturated and latency is what counts; two or more
+#: queued mean it is busy, and the thread is better twice over: SQLite's C
+#: code runs beside the loop, and batches grow while the hop lasts, so a
+#: client gets several frames per send. Inlining batches of up to 64 made
+#: streams to 10 clients 2.5x and fan-out to 50 subscribers 9x costlier
+#: per frame.
+INLINE_MAX_OPS: Final = 1
+#: Commits between two WAL checkpoints (each in a thread, PASSIVE: it never
+#: blocks the writer). SQLite's own default is about 1,000 pages.
+CHECKPOINT_EVERY: Final = 256
+#: How long a write in a thread waits for a lock another process holds.
+BUSY_TIMEOUT_MS: Final = 5000
 #: SQLite's result codes that a retry may cure (the database is busy).
 _TRANSIENT_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-_ROW_COLUMNS: Final = (
-    "id, chat_id, epoch, created_at, updated_at, first_seq, last_seq,"
-    " workspace_scope, goal_state, title, preview"
-)
 
-_json = msgspec.json.Encoder()
+log = logging.getLogger("trio_channel.store")
+
 _unjson = msgspec.json.Decoder()
-
-
-@attrs.define(slots=True)
-class _Row:
-    """A chat row as the writer works on it (a staged copy until commit)."""
-
-    id: int
-    chat_id: str
-    epoch: str
-    created_at: float
-    updated_at: float
-    first_seq: int = 1
-    last_seq: int = 0
-    workspace_scope: Any = None
-    goal_state: Any = None
-    title: str | None = None
-    preview: str | None = None
-
-    def meta(self) -> ChatMeta:
-        return ChatMeta(
-            chat_id=self.chat_id,
-            epoch=self.epoch,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            first_seq=self.first_seq,
-            last_seq=self.last_seq,
-            workspace_scope=self.workspace_scope,
-            goal_state=self.goal_state,
-            title=self.title,
-            preview=self.preview,
-        )
-
-    @classmethod
-    def from_sql(cls, row: tuple[Any, ...]) -> _Row:
-        return cls(
-            id=row[0],
-            chat_id=row[1],
-            epoch=row[2],
-            created_at=row[3],
-            updated_at=row[4],
-            first_seq=row[5],
-            last_seq=row[6],
-            workspace_scope=_load(row[7]),
-            goal_state=_load(row[8]),
-            title=row[9],
-            preview=row[10],
-        )
-
-
-@attrs.define
-class _RowCache:
-    """Committed chat rows, least recently used evicted first.
-
-    Written by the writer thread only; the event loop may peek (under the
-    lock) to answer :meth:`SqliteStore.chat` without a thread hop.
-    """
-
-    capacity: int
-    _rows: OrderedDict[str, _Row] = attrs.field(factory=OrderedDict)
-    _lock: Lock = attrs.field(factory=Lock)
-
-    def get(self, chat_id: str) -> _Row | None:
-        with self._lock:
-            row = self._rows.get(chat_id)
-            if row is not None:
-                self._rows.move_to_end(chat_id)
-            return row
-
-    def install(self, rows: dict[str, _Row | None]) -> None:
-        with self._lock:
-            for chat_id, row in rows.items():
-                if row is None:
-                    self._rows.pop(chat_id, None)
-                    continue
-                self._rows[chat_id] = row
-                self._rows.move_to_end(chat_id)
-            while len(self._rows) > self.capacity:
-                self._rows.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._rows)
 
 
 @attrs.define(eq=False)
@@ -158,13 +88,22 @@ class SqliteStore:
     shared: bool = attrs.field(default=False, init=False)
     _writer: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _reader: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _checkpointer: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _write_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _read_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
-    _rows: _RowCache = attrs.field(init=False)
+    _rows: RowCache = attrs.field(init=False)
+    #: The writer's busy timeout now: 0 on the loop (never wait there).
+    _busy_ms: int = attrs.field(default=BUSY_TIMEOUT_MS, init=False)
+    _commits: int = attrs.field(default=0, init=False)
+    #: WAL checkpoints done (for tests and curiosity).
+    checkpoints: int = attrs.field(default=0, init=False)
+    _checkpoint_due: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot, init=False
+    )
 
     def __attrs_post_init__(self) -> None:
         self.description = f"sqlite {self.path} (synchronous={self.synchronous})"
-        self._rows = _RowCache(self.cache_rows)
+        self._rows = RowCache(self.cache_rows)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -176,9 +115,11 @@ class SqliteStore:
             raise StoreError(
                 f"cannot open {self.path}: {exc}", transient=False
             ) from exc
-        task_status.started()
         try:
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._checkpoints)
+                task_status.started()
+                await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 async with self._write_lock, self._read_lock:
@@ -189,32 +130,94 @@ class SqliteStore:
         writer = self._writer = self._connect()
         writer.execute("PRAGMA journal_mode=WAL")
         writer.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
         prepare(writer)
         writer.execute("SELECT count(*) FROM chats").fetchone()
         self._reader = self._connect()
+        self._checkpointer = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return db
 
     def _close(self) -> None:
-        for db in (self._writer, self._reader):
+        for db in (self._writer, self._reader, self._checkpointer):
             if db is not None:
                 db.close()
-        self._writer = self._reader = None
+        self._writer = self._reader = self._checkpointer = None
+
+    async def _checkpoints(self) -> None:
+        """Move the WAL into the database now and then, in a thread.
+
+        PASSIVE: it copies what no reader still needs and never blocks the
+        writer; a failure is logged and the next one tries again (the WAL
+        only grows meanwhile, nothing is lost).
+        """
+        while True:
+            while self._commits < CHECKPOINT_EVERY:
+                await self._checkpoint_due.park()
+            self._commits = 0
+            db = self._checkpointer
+            if db is None:
+                return
+            try:
+                await trio.to_thread.run_sync(
+                    db.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                )
+            except sqlite3.Error as exc:
+                log.warning("sqlite: WAL checkpoint failed (%s); will retry", exc)
+            else:
+                self.checkpoints += 1
+
+    def _committed(self, results: list[StoreResult]) -> list[StoreResult]:
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._checkpoint_due.unpark_all()
+        return results
+
+    def _set_busy_timeout(self, db: sqlite3.Connection, ms: int) -> None:
+        if self._busy_ms != ms:
+            db.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_ms = ms
 
     # --- writes ---------------------------------------------------------------
 
     async def write(self, ops: Sequence[StoreOp]) -> list[StoreResult]:
         async with self._write_lock:
-            return await self._in_thread(self._apply, list(ops))
+            if self._writer is not None:
+                self._set_busy_timeout(self._writer, BUSY_TIMEOUT_MS)
+            return self._committed(await self._in_thread(self._apply, list(ops)))
+
+    def write_now(self, ops: Sequence[StoreOp]) -> list[StoreResult] | None:
+        """Commit a small batch on the event loop (see the module docstring).
+
+        None, with nothing written, for ``synchronous=FULL``, a batch over
+        :data:`INLINE_MAX_OPS`, a write already running in a thread, or a
+        database another process has locked: :meth:`write` then does it.
+        """
+        db = self._writer
+        if (
+            db is None
+            or self.synchronous != "normal"
+            or len(ops) > INLINE_MAX_OPS
+            or self._write_lock.locked()
+        ):
+            return None
+        try:
+            self._set_busy_timeout(db, 0)
+            return self._committed(self._apply(list(ops)))
+        except sqlite3.Error as exc:
+            error = _store_error(exc)
+            if error.transient:
+                return None
+            raise error from exc
 
     def _apply(self, ops: list[StoreOp]) -> list[StoreResult]:
         db = self._writer
         if db is None:
             raise StoreError("the store is closed", transient=False)
-        batch = _Batch(db, self._rows, self.history_limit)
+        batch = Batch(db, self._rows, self.history_limit)
         db.execute("BEGIN IMMEDIATE")
         try:
             results = [batch.apply(op) for op in ops]
@@ -254,19 +257,19 @@ class SqliteStore:
 
     def _select_chat(self, db: sqlite3.Connection, chat_id: str) -> ChatMeta | None:
         row = db.execute(
-            f"SELECT {_ROW_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,)
+            f"SELECT {ROW_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,)
         ).fetchone()
-        return None if row is None else _Row.from_sql(row).meta()
+        return None if row is None else Row.from_sql(row).meta()
 
     async def chats(self, limit: int) -> list[ChatMeta]:
         return await self._read(self._select_chats, limit)
 
     def _select_chats(self, db: sqlite3.Connection, limit: int) -> list[ChatMeta]:
         rows = db.execute(
-            f"SELECT {_ROW_COLUMNS} FROM chats ORDER BY updated_at DESC LIMIT ?",
+            f"SELECT {ROW_COLUMNS} FROM chats ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
-        return [_Row.from_sql(row).meta() for row in rows]
+        return [Row.from_sql(row).meta() for row in rows]
 
     async def read_events(self, chat_id: str, after_seq: int, limit: int) -> EventPage:
         return await self._read(self._select_events, chat_id, after_seq, limit)
@@ -277,7 +280,7 @@ class SqliteStore:
         db.execute("BEGIN")  # one snapshot for the row and its events
         try:
             row = db.execute(
-                "SELECT id, epoch, first_seq, last_seq FROM chats WHERE chat_id = ?",
+                f"SELECT id, epoch, {SEQ_BOUNDS} FROM chats WHERE chat_id = ?",
                 (chat_id,),
             ).fetchone()
             if row is None:
@@ -326,161 +329,10 @@ class SqliteStore:
         try:
             return await trio.to_thread.run_sync(fn, *args)
         except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-            raise StoreError(
-                f"sqlite: {exc} ({name})", transient=code in _TRANSIENT_CODES
-            ) from exc
+            raise _store_error(exc) from exc
 
 
-@attrs.define
-class _Batch:
-    """One write transaction: staged copies of every chat row it touches."""
-
-    db: sqlite3.Connection
-    cache: _RowCache
-    history_limit: int
-    #: chat_id -> the row after this batch; None: deleted.
-    staged: dict[str, _Row | None] = attrs.field(factory=dict)
-
-    def apply(self, op: StoreOp) -> StoreResult:
-        if isinstance(op, AppendEvent):
-            return self._append_event(op)
-        if isinstance(op, AppendUserMessage):
-            return self._append_user_message(op)
-        if isinstance(op, UpdateChat):
-            return self._update_chat(op)
-        if isinstance(op, DeleteChat):
-            return self._delete_chat(op)
-        return None  # Broadcast: nobody else to tell
-
-    def _row(self, chat_id: str) -> _Row | None:
-        if chat_id in self.staged:
-            return self.staged[chat_id]
-        cached = self.cache.get(chat_id)
-        if cached is not None:
-            row: _Row | None = attrs.evolve(cached)
-        else:
-            found = self.db.execute(
-                f"SELECT {_ROW_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,)
-            ).fetchone()
-            row = None if found is None else _Row.from_sql(found)
-        self.staged[chat_id] = row
-        return row
-
-    def _row_or_new(self, chat_id: str, at: float) -> _Row:
-        row = self._row(chat_id)
-        if row is None:
-            epoch = new_epoch()
-            cursor = self.db.execute(
-                "INSERT INTO chats (chat_id, epoch, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?)",
-                (chat_id, epoch, at, at),
-            )
-            assert cursor.lastrowid is not None
-            row = self.staged[chat_id] = _Row(cursor.lastrowid, chat_id, epoch, at, at)
-        return row
-
-    def _append_event(self, op: AppendEvent) -> Appended:
-        row = self._row_or_new(op.chat_id, op.at)
-        seq = row.last_seq + 1
-        payload = with_seq(op.payload, seq)
-        inserted = self.db.execute(
-            "INSERT INTO events (chat, seq, event_id, payload) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            (row.id, seq, op.event_id, payload),
-        ).rowcount
-        if not inserted:
-            # A retry of an append that was stored: its first seq stands.
-            seq, payload, epoch = self.db.execute(
-                "SELECT e.seq, e.payload, c.epoch FROM events e JOIN chats c"
-                " ON c.id = e.chat WHERE e.event_id = ?",
-                (op.event_id,),
-            ).fetchone()
-            return Appended(seq, epoch, payload)
-        row.last_seq = seq
-        row.updated_at = max(row.updated_at, op.at)
-        if row.preview is None and op.text:
-            row.preview = op.text[:PREVIEW_CHARS]
-        return Appended(seq, row.epoch, payload)
-
-    def _append_user_message(self, op: AppendUserMessage) -> StoredUserMessage:
-        row = self._row_or_new(op.chat_id, op.at)
-        self.db.execute(
-            "INSERT INTO user_messages (chat, after_seq, at, client_id, content,"
-            " media, turn_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.id,
-                row.last_seq,
-                op.at,
-                op.client_id,
-                op.content,
-                _json.encode(list(op.media)).decode(),
-                op.turn_id,
-            ),
-        )
-        row.updated_at = max(row.updated_at, op.at)
-        if row.title is None and op.content.strip():
-            row.title = op.content.strip()[:TITLE_CHARS]
-        if row.preview is None and op.content.strip():
-            row.preview = op.content.strip()[:PREVIEW_CHARS]
-        return StoredUserMessage(row.last_seq, row.epoch)
-
-    def _update_chat(self, op: UpdateChat) -> ChatMeta:
-        row = self._row_or_new(op.chat_id, op.at)
-        if op.workspace_scope is not msgspec.UNSET:
-            row.workspace_scope = op.workspace_scope
-        if op.goal_state is not msgspec.UNSET:
-            row.goal_state = op.goal_state
-        if op.title is not msgspec.UNSET:
-            row.title = op.title
-        return row.meta()
-
-    def _delete_chat(self, op: DeleteChat) -> bool:
-        row = self._row(op.chat_id)
-        if row is None:
-            return False
-        self.db.execute("DELETE FROM events WHERE chat = ?", (row.id,))
-        self.db.execute("DELETE FROM user_messages WHERE chat = ?", (row.id,))
-        self.db.execute("DELETE FROM chats WHERE id = ?", (row.id,))
-        self.staged[op.chat_id] = None
-        return True
-
-    def save(self) -> None:
-        """Write each touched row once, trimming logs past ``history_limit``."""
-        for row in self.staged.values():
-            if row is None:
-                continue
-            first = row.last_seq - self.history_limit + 1
-            if first > row.first_seq:
-                self.db.execute(
-                    "DELETE FROM events WHERE chat = ? AND seq < ?", (row.id, first)
-                )
-                self.db.execute(
-                    "DELETE FROM user_messages WHERE chat = ? AND after_seq < ?",
-                    (row.id, first - 1),
-                )
-                row.first_seq = first
-            self.db.execute(
-                "UPDATE chats SET updated_at = ?, first_seq = ?, last_seq = ?,"
-                " workspace_scope = ?, goal_state = ?, title = ?, preview = ?"
-                " WHERE id = ?",
-                (
-                    row.updated_at,
-                    row.first_seq,
-                    row.last_seq,
-                    _dump(row.workspace_scope),
-                    _dump(row.goal_state),
-                    row.title,
-                    row.preview,
-                    row.id,
-                ),
-            )
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else _json.encode(value).decode()
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else _unjson.decode(text)
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    return StoreError(f"sqlite: {exc} ({name})", transient=code in _TRANSIENT_CODES)
