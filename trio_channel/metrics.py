@@ -7,11 +7,15 @@ shows up on our ``/metrics`` page. The text format is ``prometheus_client``'s
 own (:meth:`ChannelMetrics.render`); nothing here writes it by hand.
 
 The server calls the plain methods (``frame_in``, ``event``, ...) on its hot
-path. They are cheap and never raise: children of labelled metrics are bound
-once (``handshake`` statuses up front, event types on first use) so a call is
-a dict lookup and an increment. Gauges that mirror state owned elsewhere (the
-issued-token store, the session store's queue) are read by callbacks when the
-page is scraped, not kept up to date on every change.
+path. They are cheap and never raise. Those called per frame, per event, per
+commit or per connection add to plain integers (:class:`_Tally`), which a
+collector turns into metric families when the page is scraped:
+``prometheus_client``'s own counters take a lock per increment, which was 3%
+of a round trip's CPU (docs/benchmarks.md). The rare ones (slow consumers,
+rate limits, tokens) stay ``prometheus_client`` counters. Gauges that mirror
+state owned elsewhere (the issued-token store, the session store's queue)
+are read by callbacks when the page is scraped, not kept up to date on every
+change.
 
 Every method is synchronous and takes no clock: call them from trio code (or
 anywhere); :meth:`~ChannelMetrics.render` calls the gauge callbacks, so those
@@ -21,12 +25,20 @@ run wherever the page is rendered (the server renders inside trio, where
 
 from __future__ import annotations
 
+import bisect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from .core.events import AgentEvent
 
@@ -91,6 +103,97 @@ def _zero() -> float:
 
 
 @attrs.define(eq=False)
+class _Tally(Collector):
+    """The hot counters as plain numbers, turned into families at scrape time."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    batch_ops: int = 0
+    #: (outcome, status) -> count.
+    handshakes: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    #: event type -> count.
+    events: dict[str, int] = attrs.field(factory=dict)
+    #: Per bucket of FLUSH_BUCKETS, then +Inf (not cumulative until scraped).
+    flush_buckets: list[int] = attrs.field(
+        factory=lambda: [0] * (len(FLUSH_BUCKETS) + 1)
+    )
+    flush_sum: float = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge(
+            "connections_open", "WebSocket connections open now.", self.connections_open
+        )
+        yield _counter(
+            "connections", "WebSocket connections accepted.", self.connections_total
+        )
+        handshakes = CounterMetricFamily(
+            _PREFIX + "handshakes",
+            "WebSocket handshakes by outcome and HTTP status.",
+            labels=("outcome", "status"),
+        )
+        for (outcome, status), count in self.handshakes.items():
+            handshakes.add_metric((outcome, status), count)
+        yield handshakes
+        yield _counter(
+            "frames_in", "WebSocket messages received from clients.", self.frames_in
+        )
+        yield _counter(
+            "frames_out", "WebSocket frames sent to clients.", self.frames_out
+        )
+        yield _counter(
+            "bytes_in",
+            "Payload bytes of messages received from clients.",
+            self.bytes_in,
+        )
+        yield _counter(
+            "bytes_out",
+            "Bytes written to clients (frame headers included).",
+            self.bytes_out,
+        )
+        events = CounterMetricFamily(
+            _PREFIX + "events",
+            "Events published by the agent, by type.",
+            labels=("type",),
+        )
+        for type_name, count in self.events.items():
+            events.add_metric((type_name,), count)
+        yield events
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*FLUSH_BUCKETS, float("inf")), self.flush_buckets, strict=True
+        ):
+            cumulative += count
+            buckets.append((_bound_text(bound), cumulative))
+        yield HistogramMetricFamily(
+            _PREFIX + "store_flush_seconds",
+            "Time taken by one session store flush.",
+            buckets=buckets,
+            sum_value=self.flush_sum,
+        )
+        yield _counter(
+            "store_batch_ops",
+            "Operations written by the session store.",
+            self.batch_ops,
+        )
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(_PREFIX + name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(_PREFIX + name, doc, value=value)
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+@attrs.define(eq=False)
 class ChannelMetrics:
     """Counters, gauges and a histogram for one channel, in their own registry.
 
@@ -100,30 +203,19 @@ class ChannelMetrics:
 
     registry: CollectorRegistry = attrs.field(factory=CollectorRegistry, init=False)
 
-    connections_open: Gauge = attrs.field(init=False)
-    connections_total: Counter = attrs.field(init=False)
-    handshakes_total: Counter = attrs.field(init=False)
-    frames_in_total: Counter = attrs.field(init=False)
-    frames_out_total: Counter = attrs.field(init=False)
-    bytes_in_total: Counter = attrs.field(init=False)
-    bytes_out_total: Counter = attrs.field(init=False)
-    events_total: Counter = attrs.field(init=False)
+    _tally: _Tally = attrs.field(factory=_Tally, init=False)
     slow_consumers_closed_total: Counter = attrs.field(init=False)
     rate_limited_frames_total: Counter = attrs.field(init=False)
     issued_tokens_outstanding: Gauge = attrs.field(init=False)
     tokens_issued_total: Counter = attrs.field(init=False)
     store_queue_depth: Gauge = attrs.field(init=False)
-    store_flush_seconds: Histogram = attrs.field(init=False)
     store_degraded: Gauge = attrs.field(init=False)
-    store_batch_ops_total: Counter = attrs.field(init=False)
     bad_agent_events_total: Counter = attrs.field(init=False)
     catch_ups_total: Counter = attrs.field(init=False)
 
-    _handshakes: dict[int, Counter] = attrs.field(factory=dict, init=False)
-    _events: dict[str, Counter] = attrs.field(factory=dict, init=False)
-
     def __attrs_post_init__(self) -> None:
         reg = self.registry
+        reg.register(self._tally)
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(_PREFIX + name, doc, labels, registry=reg)
@@ -131,32 +223,6 @@ class ChannelMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(_PREFIX + name, doc, registry=reg)
 
-        self.connections_open = gauge(
-            "connections_open", "WebSocket connections open now."
-        )
-        self.connections_total = counter(
-            "connections_total", "WebSocket connections accepted."
-        )
-        self.handshakes_total = counter(
-            "handshakes_total",
-            "WebSocket handshakes by outcome and HTTP status.",
-            ("outcome", "status"),
-        )
-        self.frames_in_total = counter(
-            "frames_in_total", "WebSocket messages received from clients."
-        )
-        self.frames_out_total = counter(
-            "frames_out_total", "WebSocket frames sent to clients."
-        )
-        self.bytes_in_total = counter(
-            "bytes_in_total", "Payload bytes of messages received from clients."
-        )
-        self.bytes_out_total = counter(
-            "bytes_out_total", "Bytes written to clients (frame headers included)."
-        )
-        self.events_total = counter(
-            "events_total", "Events published by the agent, by type.", ("type",)
-        )
         self.slow_consumers_closed_total = counter(
             "slow_consumers_closed_total",
             "Connections closed (1013) because their send queue stalled.",
@@ -174,17 +240,8 @@ class ChannelMetrics:
             "store_queue_depth",
             "Events waiting to be written by the session store (read at scrape time).",
         )
-        self.store_flush_seconds = Histogram(
-            _PREFIX + "store_flush_seconds",
-            "Time taken by one session store flush.",
-            registry=reg,
-            buckets=FLUSH_BUCKETS,
-        )
         self.store_degraded = gauge(
             "store_degraded", "1 while the session store cannot take writes."
-        )
-        self.store_batch_ops_total = counter(
-            "store_batch_ops_total", "Operations written by the session store."
         )
         self.bad_agent_events_total = counter(
             "bad_agent_events_total",
@@ -197,50 +254,49 @@ class ChannelMetrics:
         )
         self.issued_tokens_outstanding.set_function(_zero)
         self.store_queue_depth.set_function(_zero)
+        tally = self._tally
         for status in KNOWN_HANDSHAKE_STATUSES:
-            self._handshake_child(status)
+            tally.handshakes[_handshake_labels(status)] = 0
         for type_name in KNOWN_EVENT_TYPES:
-            self._events[type_name] = self.events_total.labels(type=type_name)
+            tally.events[type_name] = 0
 
     # --- hot path ----------------------------------------------------------
 
     def connection_opened(self) -> None:
         """A WebSocket connection was accepted (after the 101 went out)."""
-        self.connections_open.inc()
-        self.connections_total.inc()
+        self._tally.connections_open += 1
+        self._tally.connections_total += 1
 
     def connection_closed(self) -> None:
         """A connection counted by :meth:`connection_opened` ended."""
-        self.connections_open.dec()
+        self._tally.connections_open -= 1
 
     def handshake(self, status: int) -> None:
         """A handshake ended: 101 is ``accepted``, anything else ``rejected``."""
-        child = self._handshakes.get(status)
-        if child is None:
-            child = self._handshake_child(status)
-        child.inc()
+        key = _handshake_labels(status)
+        handshakes = self._tally.handshakes
+        handshakes[key] = handshakes.get(key, 0) + 1
 
     def frame_in(self, nbytes: int) -> None:
         """One message received (see :func:`payload_bytes` for ``nbytes``)."""
-        self.frames_in_total.inc()
-        self.bytes_in_total.inc(nbytes)
+        tally = self._tally
+        tally.frames_in += 1
+        tally.bytes_in += nbytes
 
     def frames_out(self, count: int, nbytes: int) -> None:
         """``count`` frames, ``nbytes`` bytes in all, were written to a client."""
-        self.frames_out_total.inc(count)
-        self.bytes_out_total.inc(nbytes)
+        tally = self._tally
+        tally.frames_out += count
+        tally.bytes_out += nbytes
 
     def event(self, type_name: str) -> None:
         """The agent published one event of ``type_name`` (its ``event`` tag)."""
-        child = self._events.get(type_name)
-        if child is None:
-            if len(self._events) >= MAX_EVENT_TYPES:
-                type_name = "other"
-            child = self._events.get(type_name)
-            if child is None:
-                child = self.events_total.labels(type=type_name)
-                self._events[type_name] = child
-        child.inc()
+        events = self._tally.events
+        count = events.get(type_name)
+        if count is None and len(events) >= MAX_EVENT_TYPES:
+            type_name = "other"
+            count = events.get(type_name)
+        events[type_name] = (count or 0) + 1
 
     def slow_consumer_closed(self) -> None:
         self.slow_consumers_closed_total.inc()
@@ -253,8 +309,10 @@ class ChannelMetrics:
 
     def store_flushed(self, seconds: float, ops: int) -> None:
         """One batch of ``ops`` writes was committed in ``seconds``."""
-        self.store_flush_seconds.observe(seconds)
-        self.store_batch_ops_total.inc(ops)
+        tally = self._tally
+        tally.flush_buckets[bisect.bisect_left(FLUSH_BUCKETS, seconds)] += 1
+        tally.flush_sum += seconds
+        tally.batch_ops += ops
 
     def store_health(self, degraded_reason: str | None) -> None:
         self.store_degraded.set(0 if degraded_reason is None else 1)
@@ -289,10 +347,6 @@ class ChannelMetrics:
         """The exposition page and its ``Content-Type``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    # --- helpers -----------------------------------------------------------
 
-    def _handshake_child(self, status: int) -> Counter:
-        outcome = "accepted" if status == 101 else "rejected"
-        child = self.handshakes_total.labels(outcome=outcome, status=str(status))
-        self._handshakes[status] = child
-        return child
+def _handshake_labels(status: int) -> tuple[str, str]:
+    return ("accepted" if status == 101 else "rejected", str(status))
