@@ -15,6 +15,7 @@ from trio_channel.cluster.feed import PartitionFeed
 from trio_channel.cluster.leases import LeaseKeeper, plan
 from trio_channel.cluster.turnbook import Turn, TurnBook, TurnOutput
 from trio_channel.core.hub import ChatHub
+from trio_channel.store.base import StoreError
 from trio_channel.store.redis_layout import Layout, partition_of
 
 
@@ -70,8 +71,6 @@ class FakeLeases:
 
     def _now(self) -> float:
         if self.down:
-            from trio_channel.store.base import StoreError
-
             raise StoreError("redis is down", transient=True)
         return trio.current_time()
 
@@ -248,3 +247,58 @@ def test_the_feed_hands_other_nodes_entries_to_the_hub() -> None:
     feed.deliver({"n": b"other", "c": b"c", "s": b"", "k": b"deleted", "e": b""})
     assert hub.chat("c").published_seq == 0
     assert math.isclose(hub.chat("c").running_since or 0, 5.0)
+
+
+@attrs.define
+class FlakyLink:
+    """A Redis link whose ``XREAD`` fails once; records what the feed did."""
+
+    log: list[str]
+    failures: int = 1
+
+    async def run(self, call: object) -> list[bytes]:
+        self.log.append("time")
+        return [b"100", b"0"]
+
+    async def xread(
+        self, streams: object, *, count: int, block_ms: int
+    ) -> list[object]:
+        if self.failures:
+            self.failures -= 1
+            self.log.append("xread failed")
+            raise StoreError("redis: connection lost", transient=True)
+        self.log.append("xread")
+        await trio.sleep_forever()
+        raise AssertionError
+
+
+async def test_after_a_broken_feed_cursors_catch_up_once_its_new_start_is_set(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Events written between a catch-up and the feed's restart are not lost.
+
+    Cursors fall behind when the feed breaks, and again once the feed has
+    its new start: a catch-up that ended while Redis was away cannot miss
+    what was written before the feed read on.
+    """
+    log: list[str] = []
+    hub: ChatHub[Watcher] = ChatHub()
+
+    @attrs.define(eq=False)
+    class CatchingUp(Watcher):
+        def fell_behind(self, chat_id: str) -> None:
+            log.append("behind")
+            cursor = hub.cursor(self, chat_id)
+            assert cursor is not None
+            cursor.try_go_live(0)  # caught up at once
+
+    watcher = CatchingUp()
+    hub.register(watcher)
+    hub.subscribe(watcher, "c")
+    link = FlakyLink(log)
+    feed = PartitionFeed(lambda: link, Layout(2), "me", hub)  # type: ignore[arg-type,return-value]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed.run)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert log == ["time", "xread failed", "behind", "time", "behind", "xread"]

@@ -7,10 +7,13 @@ The behaviour every store shares is in ``test_store_contract.py``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 import trio
 
+from trio_channel.store._coredis import RedisLink
 from trio_channel.store.base import (
     Appended,
     AppendEvent,
@@ -129,3 +132,38 @@ async def test_a_broadcast_goes_on_the_feed_and_keeps_the_running_state(
     assert meta is not None and meta.run_started_at is None
     fan = redis_server.command("XLEN", redis_store.layout.chat("c").fan)
     assert fan.startswith(b":3")  # the append and the two broadcasts
+
+
+async def test_the_link_survives_redis_restarts_under_blocked_readers(
+    tmp_path: Path,
+) -> None:
+    """coredis's pool loses a slot per blocked connection that dies; three
+    restarts used to leave none, and every call then waited forever."""
+    server = RedisServer(tmp_path, appendfsync="no").start(persist=False)
+    try:
+        async with RedisLink.open(server.url) as link:
+
+            async def blocked_reader(n: int) -> None:
+                while True:
+                    try:
+                        await link.xread({f"s{n}": "$"}, count=1, block_ms=5000)
+                    except StoreError:
+                        await trio.sleep(0.05)
+
+            async with trio.open_nursery() as readers:
+                for n in range(20):
+                    readers.start_soon(blocked_reader, n)
+                await trio.sleep(0.3)  # real time: the readers block in Redis
+                for _ in range(5):
+                    server.restart(persist=False)
+                    await trio.sleep(0.5)  # real time: the readers block again
+                    with trio.fail_after(10):  # real time; it used to hang
+                        while True:
+                            try:
+                                assert await link.get("missing") is None
+                                break
+                            except StoreError:
+                                await trio.sleep(0.1)
+                readers.cancel_scope.cancel()
+    finally:
+        server.stop()

@@ -8,8 +8,9 @@ cursor rule drops duplicates and turns gaps into catch-ups from the log.
 What this node wrote itself it already fanned out when its commit returned.
 
 When the feed breaks (Redis restarting, a network blip), nothing is lost:
-every local cursor falls behind and catches up from the chat logs, and the
-loop reads on from new entries once Redis answers again. No PubSub: it
+once Redis answers again the loop fixes its new start (Redis's clock) and
+only then sends every local cursor behind, to catch up from the chat logs:
+the logs hold everything before that start, the feed everything after. No PubSub: it
 drops what is published while a node reconnects.
 """
 
@@ -60,6 +61,7 @@ class PartitionFeed:
         streams = [self.layout.fan(p) for p in range(self.layout.partitions)]
         last: dict[str, str] = {}
         failures = 0
+        resync = False
         task_status.started()
         while True:
             try:
@@ -70,17 +72,28 @@ class PartitionFeed:
                     now = await self.link().run(Call(_TIME, [], []))
                     since = f"{int(now[0]) * 1000 + int(now[1]) // 1000}-0"
                     last = dict.fromkeys(streams, since)
+                    if resync:
+                        # Only now, with the feed's new start fixed: the
+                        # logs cover everything before it, the feed
+                        # everything after. A catch-up that finished while
+                        # Redis was still away would miss what was written
+                        # in between.
+                        resync = False
+                        self._everyone_behind()
                 answer = await self.link().xread(
                     last, count=READ_COUNT, block_ms=BLOCK_MS
                 )
             except StoreError as exc:
                 failures += 1
                 self._degrade(str(exc))
-                await trio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
                 # Entries written while we were away may be gone (or the
-                # streams may have started again): catch up from the logs.
+                # streams may have started again): catch up from the logs,
+                # at once (what can be read now) and again once the feed
+                # has a new start.
                 last = {}
+                resync = True
                 self._everyone_behind()
+                await trio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
                 continue
             if failures:
                 failures = 0

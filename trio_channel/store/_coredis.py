@@ -11,7 +11,14 @@ lessons of SCALEOUT.md's traps:
   retry themselves with the same event ids;
 - no PubSub: its iterator can end silently after a reconnect;
 - ``async with coredis.Redis(...)`` owns an anyio task group, so the link is
-  entered inside our own nursery tree (:meth:`RedisLink.open`).
+  entered inside our own nursery tree (:meth:`RedisLink.open`);
+- coredis 6.9's pool loses a slot for every connection that dies while a
+  command holds it (each blocked ``XREAD``/``XREADGROUP`` when Redis
+  restarts: 17 per node here), and a pool with no slot left waits forever.
+  Three Redis restarts were enough to hang a daemon. So the pool wait has a
+  deadline (``pool_timeout``), and a connection-level failure renews the
+  whole client (:meth:`RedisLink._keep_client`, at most once a second):
+  a fresh pool, the old one closed.
 
 Errors come out as :class:`~trio_channel.store.base.StoreError`: transient
 for a lost or refused connection and timeouts (retry), not transient for
@@ -20,11 +27,13 @@ an answer Redis refused (a bug, or a full Redis).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
+import trio
 
 from .base import StoreError
 
@@ -48,10 +57,16 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 __all__ = ["RedisLink", "Script", "available"]
 
+log = logging.getLogger("trio_channel.store")
+
 #: Seconds to wait for a connection, and for an answer (XREAD BLOCK adds its
 #: own block time to this).
 CONNECT_TIMEOUT_S: Final = 2.0
 STREAM_TIMEOUT_S: Final = 10.0
+#: Longest wait for a free connection of the pool (see the module docstring).
+POOL_TIMEOUT_S: Final = 10.0
+#: A client is renewed at most this often, however many calls fail.
+RENEW_INTERVAL_S: Final = 1.0
 
 
 def available() -> bool:
@@ -89,10 +104,12 @@ class Call:
 
 @attrs.define(eq=False)
 class RedisLink:
-    """A connected client with our scripts registered."""
+    """A connected client with our scripts registered, renewed when it breaks."""
 
-    client: Any
+    url: str
+    client: Any = None
     _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
+    _renew: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     @classmethod
     @asynccontextmanager
@@ -104,23 +121,54 @@ class RedisLink:
                 "pip install 'trio-channel[redis]'",
                 transient=False,
             )
+        link = cls(url)
+        first = link._new_client()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link._keep_client, first)
+            try:
+                await link.client.ping()
+            except REDIS_ERRORS as exc:
+                raise _as_store_error(exc, "cannot connect") from exc
+            yield link
+            nursery.cancel_scope.cancel()
+
+    def _new_client(self) -> Any:
         try:
-            client = coredis.Redis.from_url(
-                url,
+            return coredis.Redis.from_url(
+                self.url,
                 retry_policy=NoRetryPolicy(),
                 connect_timeout=CONNECT_TIMEOUT_S,
                 stream_timeout=STREAM_TIMEOUT_S,
+                pool_timeout=POOL_TIMEOUT_S,
                 decode_responses=False,
             )
         except (ValueError, TypeError) as exc:
             raise StoreError(f"redis: bad URL: {exc}", transient=False) from exc
-        async with client:
-            link = cls(client)
-            try:
-                await client.ping()
-            except REDIS_ERRORS as exc:
-                raise _as_store_error(exc, "cannot connect") from exc
-            yield link
+
+    async def _keep_client(
+        self, client: Any, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Hold the current client; swap in a fresh one when asked to renew."""
+        started = False
+        while True:
+            born = trio.current_time()
+            async with client:
+                self.client, self._scripts, self._renew = client, {}, trio.Event()
+                if not started:
+                    task_status.started()
+                    started = True
+                await self._renew.wait()
+                await trio.sleep_until(born + RENEW_INTERVAL_S)
+                client = self._new_client()
+                log.info("redis: connections lost; renewing the client")
+            # Leaving the block closed the old client's pool; calls still
+            # waiting on it fail and are retried on the new one.
+
+    def _failed(self, exc: BaseException, what: str) -> StoreError:
+        error = _as_store_error(exc, what)
+        if error.transient:
+            self._renew.set()
+        return error
 
     def _registered(self, script: Script) -> Any:
         registered = self._scripts.get(script.name)
@@ -137,7 +185,7 @@ class RedisLink:
                 keys=list(call.keys), args=list(call.args)
             )
         except REDIS_ERRORS as exc:
-            raise _as_store_error(exc, call.script.name) from exc
+            raise self._failed(exc, call.script.name) from exc
 
     async def run_all(self, calls: Sequence[Call]) -> list[Any]:
         """Run scripts in one pipeline, in order; each result or its error.
@@ -159,12 +207,12 @@ class RedisLink:
                     )
             results = list(pipe.results or ())
         except REDIS_ERRORS as exc:
-            raise _as_store_error(exc, "pipeline") from exc
+            raise self._failed(exc, "pipeline") from exc
         for result in results:
             if isinstance(result, BaseException) and not isinstance(
                 result, _ResponseError
             ):
-                raise _as_store_error(result, "pipeline")
+                raise self._failed(result, "pipeline")
         return results
 
     async def xread(
@@ -174,7 +222,7 @@ class RedisLink:
         try:
             answer = await self.client.xread(dict(streams), count=count, block=block_ms)
         except REDIS_ERRORS as exc:
-            raise _as_store_error(exc, "xread") from exc
+            raise self._failed(exc, "xread") from exc
         return _streams(answer)
 
     async def xreadgroup(
@@ -191,7 +239,7 @@ class RedisLink:
                 group, consumer, dict(streams), count=count, block=block_ms
             )
         except REDIS_ERRORS as exc:
-            raise _as_store_error(exc, "xreadgroup") from exc
+            raise self._failed(exc, "xreadgroup") from exc
         return _streams(answer)
 
     async def ensure_group(self, stream: str, group: str) -> None:
@@ -201,13 +249,13 @@ class RedisLink:
         except _GroupExists:
             return
         except REDIS_ERRORS as exc:
-            raise _as_store_error(exc, "xgroup create") from exc
+            raise self._failed(exc, "xgroup create") from exc
 
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self.client.get(key)
         except REDIS_ERRORS as exc:
-            raise _as_store_error(exc, "get") from exc
+            raise self._failed(exc, "get") from exc
         return value if value is None else bytes(value)
 
 
