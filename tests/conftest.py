@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+import io
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
+from trio_channel.cli import main
 from trio_channel.store.base import SessionStore
 from trio_channel.store.memory import MemoryStore
 from trio_channel.store.redis import RedisStore
@@ -45,3 +50,43 @@ async def store(
         backend = RedisStore(redis.url, history_limit=CONTRACT_HISTORY_LIMIT)
     await nursery.start(backend.run)
     yield backend
+
+
+@attrs.frozen
+class CliResult:
+    """What ``trio-channel ARGS`` printed and its exit status."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+CliRunner = Callable[..., CliResult]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """Run ``trio-channel`` in this process: ``cli(*argv, env={...})``.
+
+    The command's own ``main`` with its output captured, and an environment
+    with no ``TRIO_CHANNEL_*`` variable but the ones ``env`` gives; a fresh
+    interpreter per case costs about a second and is not what these tests
+    are about (tests/e2e start the real daemon where that is the point).
+    """
+
+    def run(*argv: str, env: dict[str, str] | None = None) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        with monkeypatch.context() as patch:
+            for name in list(os.environ):
+                if name.startswith("TRIO_CHANNEL_"):
+                    patch.delenv(name)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    status = main(list(argv))
+                except SystemExit as exc:  # argparse: --version, --help
+                    status = exc.code if isinstance(exc.code, int) else 2
+        return CliResult(status, out.getvalue(), err.getvalue())
+
+    return run

@@ -1,19 +1,17 @@
 """``trio-channel`` refuses bad configuration with one line and status 2.
 
-Every case is a fresh interpreter, so they all run at once (the ``outcomes``
-fixture) and each test only reads its own result.
+In-process (the ``cli`` fixture): every case is refused before the daemon
+would start, so a fresh interpreter per case would only add start-up time.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import daemon_env, serve_command
+from .conftest import CliResult, CliRunner
 
 CONFIG_ERROR = 2
 
@@ -55,61 +53,17 @@ BAD_FILES = {
     "syntax.toml": ("port = \n", "config"),
 }
 
-Outcomes = dict[str, subprocess.CompletedProcess[str]]
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "trio_channel", *args]
+def serve(root: Path, case: str, *flags: str) -> list[str]:
+    return ["serve", "--port", "0", "--data-dir", str(root / case), *flags]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cli")
-
-
-@pytest.fixture(scope="module")
-def outcomes(root: Path) -> Outcomes:
-    """Run every case concurrently; case name -> finished process."""
-    commands: dict[str, list[str]] = {}
-    for case, (flags, _) in BAD_FLAGS.items():
-        commands[case] = serve_command(root / case, *flags)
-    for name, text in GOOD_FILES.items():
-        (root / name).write_text(text)
-        commands[name] = _cli("check-config", str(root / name))
-    for name, (text, _) in BAD_FILES.items():
-        (root / name).write_text(text)
-        commands[name] = _cli("check-config", str(root / name))
-    commands["missing"] = _cli("check-config", str(root / "nope.toml"))
-    commands["serve-bad-file"] = _cli(
-        "serve", "--config", str(root / "range.toml"), "--data-dir", str(root / "d")
-    )
-    running = {
-        case: subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=daemon_env(),
-        )
-        for case, argv in commands.items()
-    }
-    results: Outcomes = {}
-    try:
-        for case, proc in running.items():
-            stdout, stderr = proc.communicate(timeout=30)
-            results[case] = subprocess.CompletedProcess(
-                proc.args, proc.returncode, stdout, stderr
-            )
-    finally:
-        for proc in running.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return results
-
-
-def assert_config_error(result: subprocess.CompletedProcess[str], field: str) -> None:
+def assert_config_error(result: CliResult, field: str) -> None:
     assert result.returncode == CONFIG_ERROR, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -118,27 +72,35 @@ def assert_config_error(result: subprocess.CompletedProcess[str], field: str) ->
 
 
 @pytest.mark.parametrize("case", BAD_FLAGS)
-def test_serve_refuses_bad_flags(outcomes: Outcomes, root: Path, case):
-    assert_config_error(outcomes[case], BAD_FLAGS[case][1])
+def test_serve_refuses_bad_flags(cli: CliRunner, root: Path, case):
+    flags, field = BAD_FLAGS[case]
+    assert_config_error(cli(*serve(root, case, *flags)), field)
     assert not (root / case).exists()  # refused before the data dir is made
 
 
-def test_serve_refuses_a_bad_config_file(outcomes: Outcomes):
-    assert_config_error(outcomes["serve-bad-file"], "ping_interval_s")
+def test_serve_refuses_a_bad_config_file(cli: CliRunner, root: Path):
+    text, field = BAD_FILES["range.toml"]
+    (root / "range.toml").write_text(text)
+    result = cli(*serve(root, "d", "--config", str(root / "range.toml")))
+    assert_config_error(result, field)
+    assert not (root / "d").exists()
 
 
 @pytest.mark.parametrize("name", GOOD_FILES)
-def test_check_config_accepts_a_good_file(outcomes: Outcomes, root: Path, name):
-    result = outcomes[name]
+def test_check_config_accepts_a_good_file(cli: CliRunner, root: Path, name):
+    (root / name).write_text(GOOD_FILES[name])
+    result = cli("check-config", str(root / name))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{root / name}: ok\n"
     assert result.stderr == ""
 
 
 @pytest.mark.parametrize("name", BAD_FILES)
-def test_check_config_refuses_a_bad_file(outcomes: Outcomes, name):
-    assert_config_error(outcomes[name], BAD_FILES[name][1])
+def test_check_config_refuses_a_bad_file(cli: CliRunner, root: Path, name):
+    text, field = BAD_FILES[name]
+    (root / name).write_text(text)
+    assert_config_error(cli("check-config", str(root / name)), field)
 
 
-def test_check_config_refuses_a_missing_file(outcomes: Outcomes):
-    assert_config_error(outcomes["missing"], "config")
+def test_check_config_refuses_a_missing_file(cli: CliRunner, root: Path):
+    assert_config_error(cli("check-config", str(root / "nope.toml")), "config")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from trio_channel.app import startup_summary
 from trio_channel.cli import render_config
 from trio_channel.config import (
     ENV_FOR_FIELD,
@@ -181,3 +182,11 @@ def test_the_listening_line_is_written_at_any_level_and_in_json(log_text) -> Non
         "open",
         "info",
     )
+
+
+def test_the_startup_summary_never_shows_a_redis_password() -> None:
+    cfg = build_config(
+        None, overrides={"session_store": "rediss://:hunter2@redis.internal:6380/1"}
+    )
+    summary = startup_summary(cfg, "ws://127.0.0.1:8765/")
+    assert summary["store"] == "rediss://:********@redis.internal:6380/1"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 
 from .bus import AgentBusEnds, open_bus
-from .config import ChannelConfig
+from .config import ChannelConfig, masked_url
 from .core.events import AgentEvent, InboundMessage
 from .core.scope import ScopePolicy
 from .logs import log_listening
@@ -130,7 +130,7 @@ def startup_summary(config: ChannelConfig, ws_url: str) -> dict[str, object]:
         "page": page_url(config, ws_url),
         "auth": auth_mode(config),
         "data_dir": config.data_dir,
-        "store": config.session_store,
+        "store": masked_url(config.session_store),
         "agent": config.agent,
         "version": __version__,
     }

@@ -29,6 +29,7 @@ from .config import (
     ConfigErrors,
     build_config,
     build_config_with_sources,
+    masked_url,
 )
 from .flags import add_serve_arguments, overrides_from_args
 from .logs import setup_logging
@@ -170,7 +171,7 @@ def render_config(cfg: ChannelConfig, sources: dict[str, str]) -> str:
         elif isinstance(value, tuple):
             text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
         elif isinstance(value, str):
-            text = json.dumps(value)
+            text = json.dumps(masked_url(value) if "://" in value else value)
         else:
             text = repr(value)
         source = sources.get(field)

@@ -34,6 +34,7 @@ __all__ = [
     "ConfigErrors",
     "build_config",
     "load_config_file",
+    "masked_url",
     "normalize_path",
     "validate_config",
 ]
@@ -316,12 +317,12 @@ def _check_store(value: str, errors: list[ConfigError]) -> None:
     errors.append(
         ConfigError(
             "session_store",
-            f"must be sqlite, memory or a redis:// URL (got {_masked_url(value)!r})",
+            f"must be sqlite, memory or a redis:// URL (got {masked_url(value)!r})",
         )
     )
 
 
-def _masked_url(value: str) -> str:
+def masked_url(value: str) -> str:
     """A URL with any password in it replaced, for messages and logs."""
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1********@", value)
 

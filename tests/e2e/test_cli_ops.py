@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from trio_channel import __version__
 
+from ..conftest import CliRunner
 from ._client import connect, http_get
 from .conftest import REPO_ROOT, Daemon, DaemonFactory, daemon_env
 
@@ -28,76 +29,39 @@ def wait_for_stderr(daemon: Daemon, text: str, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def cli(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trio_channel", *args],
+def test_the_module_runs_as_a_program() -> None:
+    """The one case in a fresh interpreter: ``python -m trio_channel``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_channel", "--version"],
         capture_output=True,
         text=True,
         timeout=30,
-        env={**daemon_env(), **(env or {})},
+        env=daemon_env(),
         stdin=subprocess.DEVNULL,
     )
-
-
-#: case -> (argv, extra environment); all run at once by ``ran``.
-CASES: dict[str, tuple[list[str], dict[str, str]]] = {
-    "version": (["--version"], {}),
-    "help": (["serve", "--help"], {}),
-    "print-config": (
-        ["print-config", "--port", "9100"],
-        {"TRIO_CHANNEL_TOKEN_ISSUE_SECRET": "hunter2", "TRIO_CHANNEL_WEBUI": "0"},
-    ),
-    "health-down": (["health", "http://127.0.0.1:9/", "--timeout", "2"], {}),
-    "chat-down": (["chat", "http://127.0.0.1:9/"], {}),
-}
-
-Ran = dict[str, subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def ran() -> Ran:
-    """Every CASE in its own interpreter, concurrently (start-up dominates)."""
-    procs = {
-        case: subprocess.Popen(
-            [sys.executable, "-m", "trio_channel", *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env={**daemon_env(), **env},
-        )
-        for case, (argv, env) in CASES.items()
-    }
-    results: Ran = {}
-    try:
-        for case, proc in procs.items():
-            out, err = proc.communicate(timeout=30)
-            results[case] = subprocess.CompletedProcess(
-                proc.args, proc.returncode, out, err
-            )
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return results
-
-
-def test_version(ran: Ran) -> None:
-    result = ran["version"]
     assert (result.returncode, result.stdout) == (0, f"trio-channel {__version__}\n")
 
 
-def test_help_shows_defaults_and_variables(ran: Ran) -> None:
-    text = " ".join(ran["help"].stdout.split())
+def test_version(cli: CliRunner) -> None:
+    result = cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"trio-channel {__version__}\n")
+
+
+def test_help_shows_defaults_and_variables(cli: CliRunner) -> None:
+    result = cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
     assert "default 8765; env TRIO_CHANNEL_PORT" in text
     assert "default info; env TRIO_CHANNEL_LOG_LEVEL" in text
 
 
-def test_print_config_masks_secrets(ran: Ran, tmp_path: Path) -> None:
-    result = ran["print-config"]
+def test_print_config_masks_secrets(cli: CliRunner, tmp_path: Path) -> None:
+    result = cli(
+        "print-config",
+        "--port",
+        "9100",
+        env={"TRIO_CHANNEL_TOKEN_ISSUE_SECRET": "hunter2", "TRIO_CHANNEL_WEBUI": "0"},
+    )
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout
     assert "port = 9100  # flag" in result.stdout
@@ -108,7 +72,17 @@ def test_print_config_masks_secrets(ran: Ran, tmp_path: Path) -> None:
     assert cli("check-config", str(path)).returncode == 0
 
 
-def test_check_config_lists_every_error(tmp_path: Path) -> None:
+def test_print_config_masks_a_redis_password(cli: CliRunner) -> None:
+    result = cli(
+        "print-config",
+        env={"TRIO_CHANNEL_SESSION_STORE": "redis://:hunter2@127.0.0.1:6379/0"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert 'session_store = "redis://:********@127.0.0.1:6379/0"' in result.stdout
+
+
+def test_check_config_lists_every_error(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('ping_interval_s = 1\npath = "ws"\nbogus = 1\n')
     result = cli("check-config", str(path), env={"TRIO_CHANNEL_PORT": "eighty"})
@@ -123,12 +97,12 @@ def test_check_config_lists_every_error(tmp_path: Path) -> None:
     assert "(from TRIO_CHANNEL_PORT)" in result.stderr
 
 
-def test_health_exit_status(ran: Ran, spawn_module_daemon: DaemonFactory) -> None:
+def test_health_exit_status(cli: CliRunner, spawn_module_daemon: DaemonFactory) -> None:
     daemon = spawn_module_daemon()
     ok = cli("health", f"http://127.0.0.1:{daemon.port}/")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("healthy: HTTP 200")
-    down = ran["health-down"]
+    down = cli("health", "http://127.0.0.1:9/", "--timeout", "2")
     assert down.returncode == 1
     assert down.stderr.startswith("unhealthy: cannot reach")
 
@@ -208,8 +182,8 @@ def test_chat_reads_lines_from_a_pipe(spawn_module_daemon: DaemonFactory) -> Non
     assert "[chat " in out and "idle" in out  # status changes as lines
 
 
-def test_chat_without_a_daemon_says_what_to_do(ran: Ran) -> None:
-    result = ran["chat-down"]
+def test_chat_without_a_daemon_says_what_to_do(cli: CliRunner) -> None:
+    result = cli("chat", "http://127.0.0.1:9/")
     assert result.returncode == 1
     assert "cannot reach http://127.0.0.1:9/" in result.stderr
     assert "trio-channel serve" in result.stderr
