@@ -18,6 +18,7 @@ import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, TextMessage
 
@@ -29,6 +30,7 @@ from ._client import (
     raw_upgrade,
     ready,
     recv,
+    recv_until,
     send,
     turn,
 )
@@ -126,9 +128,10 @@ def test_a_stalled_client_that_reads_again_gets_whole_frames_then_1013(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         ws = Connection(ConnectionType.CLIENT)
         ws.receive_data(rest)
-        for _ in range(3):
-            sock.sendall(ws.send(TextMessage(data="stream:10000")))
-        time.sleep(2.0)  # the socket takes nothing for 4x the slow-consumer timeout
+        # About 1 MB of frames, far more than the socket buffers hold.
+        for _ in range(2):
+            sock.sendall(ws.send(TextMessage(data="stream:4000")))
+        time.sleep(1.5)  # the socket takes nothing for 3x the slow-consumer timeout
         texts, parts, close = 0, [], None
         sock.settimeout(10)
         while close is None:
@@ -158,18 +161,35 @@ def test_a_full_disk_degrades_and_recovers(spawn_daemon: DaemonFactory):
     daemon = spawn_daemon("--no-require-token", file_size_limit=1 << 20)
     with connect(daemon.ws_url("client_id=filler")) as ws:
         chat = ready(ws)["chat_id"]
-        # Fill the store until it refuses.
-        refused = None
-        for _ in range(200):
-            send(ws, {"type": "message", "chat_id": chat, "content": "x" * 20_000})
-            frame = recv(ws)
-            while frame["event"] not in ("error", "goal_status") or (
-                frame["event"] == "goal_status" and frame["status"] != "idle"
+        # Fill the store until it refuses. Whichever write hits the limit
+        # first (the user's message or the agent's echo of it), the daemon
+        # is degraded; the echo then waits in the store's queue, and a new
+        # message is refused.
+        sent: list[str] = []
+        shown: list[str] = []
+        for n in range(200):
+            sent.append(f"{n:04d}" + "x" * 20_000)
+            send(ws, {"type": "message", "chat_id": chat, "content": sent[-1]})
+            frame = _next_or_none(ws)
+            while (
+                frame is not None
+                and frame["event"] != "error"
+                and not (frame["event"] == "goal_status" and frame["status"] == "idle")
             ):
-                frame = recv(ws)
-            if frame["event"] == "error":
+                if frame["event"] == "message":
+                    shown.append(frame["text"])
+                frame = _next_or_none(ws)
+            if frame is not None and frame["event"] == "error":
                 refused = frame
+                sent.pop()  # refused: it never reached the agent
                 break
+            if frame is None:  # the echo is stuck behind the full disk
+                assert _healthz(daemon)[0] == 503
+                send(ws, {"type": "message", "chat_id": chat, "content": "refused"})
+                refused = recv(ws)
+                break
+        else:
+            raise AssertionError("the store never filled up")
         assert refused == {
             "event": "error",
             "detail": "store_unavailable",
@@ -177,7 +197,8 @@ def test_a_full_disk_degrades_and_recovers(spawn_daemon: DaemonFactory):
         }
         status, body = _healthz(daemon)
         assert status == 503 and body["status"] == "degraded"
-        # The disk gets room again: the daemon recovers by itself.
+        # The disk gets room again: the daemon recovers by itself, and
+        # what waited in the queue is delivered, nothing lost.
         resource.prlimit(
             daemon.proc.pid,
             resource.RLIMIT_FSIZE,
@@ -188,10 +209,21 @@ def test_a_full_disk_degrades_and_recovers(spawn_daemon: DaemonFactory):
             assert time.monotonic() < deadline, daemon.stderr
             time.sleep(0.1)
         send(ws, {"type": "message", "chat_id": chat, "content": "room again"})
-        frames = turn(ws, chat)
-        assert any(f.get("text") == "room again" for f in frames)
+        frames = recv_until(
+            ws, lambda f: f.get("event") == "message" and f["text"] == "room again"
+        )
+        shown += [f["text"] for f in frames if f["event"] == "message"]
+        assert shown == [*sent, "room again"]
     assert daemon.proc.poll() is None  # it never exited
     assert "Traceback" not in daemon.stderr
+
+
+def _next_or_none(ws: ClientConnection) -> Frame | None:
+    """The next frame, or None when none comes within a second."""
+    try:
+        return json.loads(ws.recv(timeout=1.0))
+    except TimeoutError:
+        return None
 
 
 def test_a_corrupt_store_is_named_and_exits_2(tmp_path):

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import socket
-import struct
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from ._client import (
-    OP_CLOSE,
-    OP_PING,
-    OP_TEXT,
-    FrameReader,
     connect,
-    echo,
-    raw_upgrade,
     ready,
     recv,
     send,
@@ -58,59 +51,6 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(
     # running turn, not the shutdown grace meant for clients that do not.
     assert closed_after < SHUTDOWN_S, f"clients saw the close after {closed_after:.1f}s"
     assert exited_after < SHUTDOWN_S, f"the daemon exited after {exited_after:.1f}s"
-
-
-# --- keepalive ----------------------------------------------------------------
-
-PING_S = 5.0
-
-
-def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(
-    spawn_daemon: DaemonFactory,
-):
-    """Pings every 5 s, 5 s to answer: a raw client that never answers is
-    dropped about 10 s in (``--shutdown-grace 1`` bounds any closing
-    handshake it would never complete), while a ``websockets`` client, which
-    answers pings, stays."""
-    daemon = spawn_daemon(
-        "--no-require-token",
-        "--ping-interval",
-        str(PING_S),
-        "--ping-timeout",
-        str(PING_S),
-        "--shutdown-grace",
-        "1",
-    )
-    assert daemon.port is not None
-    with (
-        connect(daemon.ws_url("client_id=live"), ping_interval=None) as live,
-        raw_upgrade(daemon.host, daemon.port, "/?client_id=silent") as raw,
-    ):
-        live_chat = ready(live)["chat_id"]
-        # The server answers our pings.
-        assert live.ping().wait(5)
-        sock, head, rest, _ = raw
-        assert head.startswith(b"HTTP/1.1 101 ")
-        opened = time.monotonic()
-        sock.settimeout(3 * PING_S)
-        reader = FrameReader(sock, rest)
-        seen: list[tuple[float, int, bytes]] = []
-        while (frame := reader.frame()) is not None:
-            seen.append((time.monotonic() - opened, *frame))
-        dropped = time.monotonic() - opened
-        opcodes = [opcode for _, opcode, _ in seen]
-        assert opcodes[0] == OP_TEXT  # ready
-        assert OP_PING in opcodes
-        first_ping = next(at for at, opcode, _ in seen if opcode == OP_PING)
-        assert PING_S - 1 < first_ping < PING_S + 1.5
-        # Not before the pong was due, and promptly after.
-        assert first_ping + PING_S - 0.5 < dropped < 2 * PING_S + 3
-        if opcodes[-1] == OP_CLOSE:
-            (code,) = struct.unpack("!H", seen[-1][2][:2])
-            assert code != 1000
-        # The client that answered pings is still served.
-        echo(live, live_chat, "still here")
-        assert live.ping().wait(5)
 
 
 def test_a_slow_request_head_is_dropped(spawn_daemon: DaemonFactory):
