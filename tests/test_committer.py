@@ -8,10 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
+import msgspec
 import pytest
 import trio
 import trio.testing
 
+from trio_channel.core.events import Delta, encode_event
+from trio_channel.dispatch import join_queued_deltas
 from trio_channel.store.base import (
     Appended,
     AppendEvent,
@@ -295,3 +298,115 @@ async def test_shutdown_flushes_within_its_deadline(
         nursery.cancel_scope.cancel()
     assert trio.current_time() - start <= 2.1
     assert "1 store writes were still failing" in caplog.text
+
+
+# --- a shared store's queued deltas join --------------------------------------
+
+
+def delta(chat: str, text: str, stream: str = "s1", n: int = 0) -> AppendEvent:
+    event = Delta(chat_id=chat, text=text, stream_id=stream)
+    return AppendEvent(
+        chat, f"{chat}:{text}:{n}", encode_event(event), at=0.0, stream=f"d:{stream}"
+    )
+
+
+@pytest.fixture
+async def joining(nursery: trio.Nursery) -> tuple[FakeStore, GroupCommitter]:
+    store = FakeStore()
+    committer = GroupCommitter(store, capacity=100, joins=join_queued_deltas)
+    await nursery.start(
+        lambda task_status: committer.run(flush_timeout_s=1.0, task_status=task_status)
+    )
+    return store, committer
+
+
+def texts(batch: list[StoreOp]) -> list[tuple[str, str]]:
+    out = []
+    for op in batch:
+        assert isinstance(op, AppendEvent)
+        decoded = msgspec.json.decode(op.payload)
+        out.append((op.chat_id, decoded.get("text", decoded["event"])))
+    return out
+
+
+async def test_deltas_queued_behind_a_batch_join_per_chat_and_stream(
+    autojump_clock: trio.testing.MockClock, joining
+) -> None:
+    store, committer = joining
+    published: list[bytes] = []
+
+    def then(result: StoreResult | None) -> None:
+        assert isinstance(result, Appended)
+        published.append(result.payload)
+
+    committer.submit(delta("a", "first"), then)
+    await trio.testing.wait_all_tasks_blocked()  # its batch is being written
+    # Behind it: two chats interleaved, a second stream, and a non-delta
+    # event that ends a run of joinable deltas.
+    for op in [
+        delta("a", "x"),
+        delta("b", "1"),
+        delta("a", "y"),
+        delta("b", "2"),
+        delta("a", "other", stream="s2"),
+        delta("a", "z", stream="s2"),
+        AppendEvent("a", "end", b'{"event":"stream_end","chat_id":"a"}', at=0.0),
+        delta("a", "after", stream="s2"),
+    ]:
+        committer.submit(op, then)
+    await trio.sleep(1)
+    assert [texts(b) for b in store.batches] == [
+        [("a", "first")],
+        [
+            ("a", "xy"),
+            ("b", "12"),
+            ("a", "otherz"),
+            ("a", "stream_end"),
+            ("a", "after"),
+        ],
+    ]
+    # What clients get is what the store holds: the joined deltas.
+    assert [msgspec.json.decode(p).get("text") for p in published] == [
+        "first",
+        "xy",
+        "12",
+        "otherz",
+        None,
+        "after",
+    ]
+
+
+async def test_a_batch_taken_for_writing_never_changes(
+    autojump_clock: trio.testing.MockClock, joining
+) -> None:
+    """A retried batch is the same writes (event ids are idempotent only so)."""
+    store, committer = joining
+    store.failures = [BUSY]
+    committer.submit(delta("a", "one"))
+    await trio.testing.wait_all_tasks_blocked()  # written, failed, retrying
+    committer.submit(delta("a", "two"))
+    await trio.sleep(1)
+    assert [texts(b) for b in store.batches] == [[("a", "one")], [("a", "two")]]
+
+
+async def test_without_joins_every_delta_is_its_own_write(
+    autojump_clock: trio.testing.MockClock, running
+) -> None:
+    store, committer, _ = running
+    committer.submit(delta("a", "first"))
+    await trio.testing.wait_all_tasks_blocked()
+    committer.submit(delta("a", "x"))
+    committer.submit(delta("a", "y"))
+    await trio.sleep(1)
+    assert [texts(b) for b in store.batches] == [
+        [("a", "first")],
+        [("a", "x"), ("a", "y")],
+    ]
+
+
+def test_deltas_of_agents_with_other_fences_never_join() -> None:
+    a, b = delta("a", "x"), delta("a", "y")
+    assert join_queued_deltas(attrs.evolve(a, fence="1"), b) is None
+    assert join_queued_deltas(attrs.evolve(a, ack="entry"), b) is None
+    joined = join_queued_deltas(a, attrs.evolve(b, at=5.0))
+    assert joined is not None and joined.at == 5.0 and joined.event_id == a.event_id

@@ -39,14 +39,17 @@ from .cluster.turnbook import TurnBook
 from .core.agentcheck import BadEvent, check_agent_event
 from .core.events import (
     AgentEvent,
+    Delta,
     GoalState,
     GoalStatus,
     Message,
+    ReasoningDelta,
     RuntimeModelUpdated,
     SessionUpdated,
     StreamEnd,
     TurnEnd,
     encode_event,
+    join_deltas,
 )
 from .core.hub import ChatHub
 from .media.rewrite import MediaLinker
@@ -63,7 +66,7 @@ from .store.committer import GroupCommitter
 from .wire.connection import WsConnection
 from .wire.frames import text_frame
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "join_queued_deltas"]
 
 log = logging.getLogger("trio_channel.dispatch")
 
@@ -154,6 +157,7 @@ class Dispatcher:
                 text=prepared.text if isinstance(prepared, Message) else None,
                 fence=turn.fence if turn else None,
                 ack=turn.ack if turn else None,
+                stream=_stream_of(prepared),
             )
             self.committer.submit(op, partial(self.published, prepared.chat_id))
 
@@ -241,3 +245,27 @@ def _after_store(fan_out: Callable[[], object]) -> Callable[[StoreResult | None]
         fan_out()
 
     return run
+
+
+def _stream_of(event: AgentEvent) -> str | None:
+    """A delta's stream (kind and id), the key :func:`join_queued_deltas` uses."""
+    if isinstance(event, Delta | ReasoningDelta):
+        stream_id = _STREAM_ID.encode(event.stream_id).decode()
+        return f"{event.__struct_config__.tag}:{stream_id}"
+    return None
+
+
+_STREAM_ID = msgspec.json.Encoder()
+
+
+def join_queued_deltas(queued: AppendEvent, new: AppendEvent) -> AppendEvent | None:
+    """One append for two queued deltas of one stream, or None (for
+    :attr:`GroupCommitter.joins`): what queues while a batch is written to a
+    shared store joins, and no delta is ever held back for it."""
+    if new.stream is None or new.stream != queued.stream:
+        return None
+    if (new.fence, new.ack, queued.ack) != (queued.fence, None, None):
+        return None
+    return attrs.evolve(
+        queued, payload=join_deltas(queued.payload, new.payload), at=new.at
+    )

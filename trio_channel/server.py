@@ -37,7 +37,7 @@ from .core.auth import (
 from .core.hub import ChatHub
 from .core.scope import DefaultScopePolicy, ScopePolicy
 from .core.session import ClientSession, Peer
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, join_queued_deltas
 from .http.api import HttpApp
 from .http.head import BadRequest, RequestHead, is_upgrade_request, read_request_head
 from .http.response import Responder
@@ -104,6 +104,8 @@ class Channel:
             self.store,
             on_batch=self.metrics.store_flushed,
             on_health=self.metrics.store_health,
+            # Redis: a stream's deltas queued behind a batch become one write.
+            joins=join_queued_deltas if self.store.shared else None,
         )
         self.metrics.set_gauge_sources(
             lambda: self.tokens.outstanding(trio.current_time()),

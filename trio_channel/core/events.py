@@ -200,6 +200,21 @@ def encode_event(event: ServerEvent) -> bytes:
     return _encoder.encode(event)
 
 
+_JOINABLE = Delta | ReasoningDelta
+
+
+def join_deltas(first: bytes, then: bytes) -> bytes:
+    """Two encoded deltas of one stream as one: ``first`` with both texts.
+
+    Several daemons append through Redis, where stream deltas are most of
+    the writes: the deltas of a stream that queue while a batch is being
+    written become one (every node's clients then see the same delta).
+    """
+    head = msgspec.json.decode(first, type=_JOINABLE)
+    tail = msgspec.json.decode(then, type=_JOINABLE)
+    return encode_event(msgspec.structs.replace(head, text=head.text + tail.text))
+
+
 # --- client → agent -----------------------------------------------------
 
 

@@ -145,6 +145,9 @@ class AppendEvent:
     fence: str | None = None
     #: The inbound entry whose turn this event ends, acknowledged with it.
     ack: str | None = None
+    #: Set on a ``delta`` or ``reasoning_delta``: its stream (kind and id).
+    #: A committer with ``joins`` may join queued events of one stream.
+    stream: str | None = None
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ import attrs
 import trio
 
 from ..batchqueue import BatchQueue
-from .base import SessionStore, StoreError, StoreOp, StoreResult
+from .base import AppendEvent, SessionStore, StoreError, StoreOp, StoreResult
 
 __all__ = ["GroupCommitter", "StoreUnavailable"]
 
@@ -68,6 +68,8 @@ class _Item:
     done: trio.Event | None = None
     result: StoreResult | None = None
     error: StoreUnavailable | None = None
+    #: Taken for a write once: never changed again (a retry sends it as is).
+    sealed: bool = False
 
 
 @attrs.define(eq=False)
@@ -78,9 +80,14 @@ class GroupCommitter:
     on_batch: Callable[[float, int], None] | None = None
     #: Called with a reason when writes start failing, None when they work.
     on_health: Callable[[str | None], None] | None = None
+    #: Joins a chat's queued append with the next one, or returns None:
+    #: with a shared store, a stream's queued deltas become one write.
+    joins: Callable[[AppendEvent, AppendEvent], AppendEvent | None] | None = None
     degraded_reason: str | None = attrs.field(default=None, init=False)
     _queue: BatchQueue[_Item] = attrs.field(init=False)
     _busy: bool = attrs.field(default=False, init=False)
+    #: Chat -> its last queued, not yet taken item (only with ``joins``).
+    _last: dict[str, _Item] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._queue = BatchQueue(self.capacity)
@@ -107,9 +114,35 @@ class GroupCommitter:
         """Queue a write that must happen (retried until stored), then ``then``.
 
         Never blocks; the caller keeps the queue bounded by checking
-        :attr:`full` and waiting for room first.
+        :attr:`full` and waiting for room first. With :attr:`joins`, an
+        append may join the chat's last queued one instead (its ``then`` is
+        then that one's: both publish what the store returns).
         """
-        self._queue.force(_Item(op, then))
+        if self.joins is not None and isinstance(op, AppendEvent):
+            last = self._last.get(op.chat_id)
+            if (
+                last is not None
+                and not last.sealed
+                and isinstance(last.op, AppendEvent)
+            ):
+                joined = self.joins(last.op, op)
+                if joined is not None:
+                    last.op = joined
+                    return
+        self._enqueue(_Item(op, then))
+
+    def _enqueue(self, item: _Item) -> None:
+        self._queue.force(item)
+        if self.joins is not None and item.op is not None:
+            # Whatever comes next for this chat may only join this item.
+            self._last[item.op.chat_id] = item
+
+    def _take(self) -> list[_Item]:
+        batch = self._queue.take(MAX_BATCH)
+        for item in batch:
+            item.sealed = True
+        self._last.clear()
+        return batch
 
     def after(self, then: Callable[[], object]) -> None:
         """Run ``then`` once everything queued so far is stored."""
@@ -130,7 +163,7 @@ class GroupCommitter:
         if self.full:
             await self.wait_for_room()
         item = _Item(op, None, waited=True, done=trio.Event())
-        self._queue.force(item)
+        self._enqueue(item)
         assert item.done is not None
         self.commit_now()
         if item.done.is_set():
@@ -152,7 +185,7 @@ class GroupCommitter:
         """
         if self._busy or self.degraded_reason is not None or not len(self._queue):
             return
-        batch = self._queue.take(MAX_BATCH)
+        batch = self._take()
         ops = [item.op for item in batch if item.op is not None]
         self._busy = True
         try:
@@ -218,7 +251,7 @@ class GroupCommitter:
                 )
 
     async def _commit_next(self) -> None:
-        batch = self._queue.take(MAX_BATCH)
+        batch = self._take()
         self._busy = True
         try:
             results = await self._write_until_stored(batch)
