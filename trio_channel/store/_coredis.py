@@ -67,6 +67,8 @@ STREAM_TIMEOUT_S: Final = 10.0
 POOL_TIMEOUT_S: Final = 10.0
 #: A client is renewed at most this often, however many calls fail.
 RENEW_INTERVAL_S: Final = 1.0
+#: What coredis says to a call on a client whose pool was closed (renewed).
+_POOL_CLOSED: Final = "Connection pool is not initialized or has exited"
 
 
 def available() -> bool:
@@ -83,6 +85,8 @@ def _as_store_error(exc: BaseException, what: str) -> StoreError:
 REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 if coredis is not None:
     REDIS_ERRORS += (_RedisError,)
+#: What a call on the link catches: those, and a pool closed under it.
+_CALL_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RuntimeError)
 
 
 @attrs.frozen
@@ -165,6 +169,12 @@ class RedisLink:
             # waiting on it fail and are retried on the new one.
 
     def _failed(self, exc: BaseException, what: str) -> StoreError:
+        if isinstance(exc, RuntimeError):
+            # A call that began on the client just renewed finds its pool
+            # closed: retry on the new one. Any other RuntimeError is a bug.
+            if _POOL_CLOSED not in str(exc):
+                raise exc
+            return StoreError(f"redis {what}: the client was renewed", transient=True)
         error = _as_store_error(exc, what)
         if error.transient:
             self._renew.set()
@@ -184,7 +194,7 @@ class RedisLink:
             return await self._registered(call.script)(
                 keys=list(call.keys), args=list(call.args)
             )
-        except REDIS_ERRORS as exc:
+        except _CALL_ERRORS as exc:
             raise self._failed(exc, call.script.name) from exc
 
     async def run_all(self, calls: Sequence[Call]) -> list[Any]:
@@ -206,7 +216,7 @@ class RedisLink:
                         keys=list(call.keys), args=list(call.args), client=pipe
                     )
             results = list(pipe.results or ())
-        except REDIS_ERRORS as exc:
+        except _CALL_ERRORS as exc:
             raise self._failed(exc, "pipeline") from exc
         for result in results:
             if isinstance(result, BaseException) and not isinstance(
@@ -221,7 +231,7 @@ class RedisLink:
         """``XREAD`` as plain data: ``[(stream, [(id, fields)])]``."""
         try:
             answer = await self.client.xread(dict(streams), count=count, block=block_ms)
-        except REDIS_ERRORS as exc:
+        except _CALL_ERRORS as exc:
             raise self._failed(exc, "xread") from exc
         return _streams(answer)
 
@@ -238,7 +248,7 @@ class RedisLink:
             answer = await self.client.xreadgroup(
                 group, consumer, dict(streams), count=count, block=block_ms
             )
-        except REDIS_ERRORS as exc:
+        except _CALL_ERRORS as exc:
             raise self._failed(exc, "xreadgroup") from exc
         return _streams(answer)
 
@@ -248,13 +258,13 @@ class RedisLink:
             await self.client.xgroup_create(stream, group, "0", mkstream=True)
         except _GroupExists:
             return
-        except REDIS_ERRORS as exc:
+        except _CALL_ERRORS as exc:
             raise self._failed(exc, "xgroup create") from exc
 
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self.client.get(key)
-        except REDIS_ERRORS as exc:
+        except _CALL_ERRORS as exc:
             raise self._failed(exc, "get") from exc
         return value if value is None else bytes(value)
 
