@@ -15,6 +15,7 @@ import resource
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -106,8 +107,10 @@ def test_a_full_speed_reader_gets_every_delta(spawn_daemon: DaemonFactory):
 
 
 def test_a_stalled_client_that_reads_again_gets_whole_frames_then_1013(
-    spawn_daemon: DaemonFactory,
+    spawn_daemon: DaemonFactory, tmp_path: Path
 ):
+    small_queue = tmp_path / "queue.toml"
+    small_queue.write_text("send_queue_frames = 64\n")
     daemon = spawn_daemon(
         "--no-require-token",
         "--slow-consumer-timeout",
@@ -116,6 +119,10 @@ def test_a_stalled_client_that_reads_again_gets_whole_frames_then_1013(
         "10",
         "--rate-limit",
         "0",
+        # Fewer frames queued behind a stall: reading them through the tiny
+        # receive buffer below is what takes the time.
+        "--config",
+        str(small_queue),
     )
     assert daemon.port is not None
     with raw_upgrade(daemon.host, daemon.port, "/?client_id=stall") as (
