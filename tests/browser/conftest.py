@@ -7,8 +7,9 @@ install, except under CI (``CI`` set), where they fail: a skipped browser
 suite there would hide a broken page.
 
 Each test gets its own daemon(s) (``spawn``) and a fresh browser context
-(``ui``); teardown saves a screenshot to ``test-output/browser/<test>.png``
-and fails the test unless every daemon exited with status 0.
+(``ui``); a failed test leaves a screenshot in
+``test-output/browser/<test>.png``, and teardown fails the test unless every
+daemon exited with status 0.
 """
 
 from __future__ import annotations
@@ -126,9 +127,22 @@ def ui(
     try:
         yield helper
     finally:
-        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
         try:
-            page.screenshot(path=str(OUTPUT_DIR / f"{name}.png"), full_page=True)
+            report = getattr(request.node, "rep_call", None)
+            if report is None or report.failed:
+                OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+                name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+                page.screenshot(path=str(OUTPUT_DIR / f"{name}.png"), full_page=True)
         finally:
             context.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None]:
+    """Keep the call phase's report on the item: ``ui`` screenshots failures."""
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
