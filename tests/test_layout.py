@@ -9,6 +9,8 @@ reaches into a library's private names.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,15 @@ def test_modules_stay_short() -> None:
         if (n := len(path.read_text().splitlines())) > 500
     }
     assert long == {}
+
+
+def test_coredis_is_imported_only_for_a_redis_store() -> None:
+    """A third of the daemon's import time: a single daemon never pays it."""
+    code = (
+        "import sys, trio_channel, trio_channel.cli, trio_channel.testing\n"
+        "from trio_channel.store import open_store\n"
+        "from trio_channel.config import build_config\n"
+        "open_store(build_config(None, overrides={'session_store': 'memory'}))\n"
+        "assert 'coredis' not in sys.modules, 'coredis imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -23,7 +23,6 @@ import trio
 from .backend import ChannelBackend
 from .bus import ServerBusEnds
 from .clock import WallClock
-from .cluster.node import ClusterNode
 from .config import ChannelConfig, normalize_path
 from .core.auth import (
     SERVICE_UNAVAILABLE,
@@ -48,11 +47,13 @@ from .metrics import ChannelMetrics
 from .store import open_store
 from .store.base import SessionStore, StoreError
 from .store.committer import GroupCommitter
-from .store.redis import RedisStore
 from .wire import listeners as _listeners
 from .wire.connection import GOING_AWAY, ConnectionLimits, WsConnection
 from .wire.handshake import accept, handshake_problem
 from .wire.timekeeper import Timekeeper
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = logging.getLogger("trio_channel.server")
 
@@ -177,18 +178,8 @@ class Channel:
             await nursery.start(run_store)
             try:
                 dispatcher = self._dispatcher(clock)
-                if isinstance(self.store, RedisStore):
-                    self.cluster = ClusterNode(
-                        self.store,
-                        self.hub,
-                        self.committer,
-                        self.bus.inbound,
-                        clock.now,
-                        dispatcher.published,
-                        token_ttl_s=self.config.token_ttl_s,
-                        lease_ttl_s=self.config.redis_lease_ttl_s,
-                        on_health=self.metrics.store_health,
-                    )
+                if self.store.shared:
+                    self.cluster = self._cluster_node(clock, dispatcher)
                     dispatcher.turns = self.cluster.book
                 backend = await self._build(clock, dispatcher)
                 await self._serve_with_store(
@@ -196,6 +187,25 @@ class Channel:
                 )
             finally:
                 store_scope.cancel()
+
+    def _cluster_node(self, clock: WallClock, dispatcher: Dispatcher) -> ClusterNode:
+        """This daemon's part of a cluster sharing a Redis store."""
+        # Imported only here: coredis is a third of the daemon's import time.
+        from .cluster.node import ClusterNode
+        from .store.redis import RedisStore
+
+        assert isinstance(self.store, RedisStore)
+        return ClusterNode(
+            self.store,
+            self.hub,
+            self.committer,
+            self.bus.inbound,
+            clock.now,
+            dispatcher.published,
+            token_ttl_s=self.config.token_ttl_s,
+            lease_ttl_s=self.config.redis_lease_ttl_s,
+            on_health=self.metrics.store_health,
+        )
 
     def _dispatcher(self, clock: WallClock) -> Dispatcher:
         return Dispatcher(

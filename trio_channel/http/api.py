@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgspec
 import trio
 
-from ..cluster.tokens import SharedTokens
 from ..config import ChannelConfig
 from ..core.auth import IssuedTokenStore, split_target
 from ..core.hub import ChatHub
@@ -71,6 +70,9 @@ from .routes import (
 )
 from .static import open_static, static_candidates, static_headers
 from .webui_thread import ThreadUserMessage, WebuiThreadBuilder
+
+if TYPE_CHECKING:  # coredis, imported only with a Redis store
+    from ..cluster.tokens import SharedTokens
 
 #: Events read from the store per step of a history answer.
 HISTORY_PAGE: Final = 1000

@@ -12,7 +12,6 @@ from pathlib import Path
 from ..config import ChannelConfig
 from .base import SessionStore
 from .memory import MemoryStore
-from .redis import RedisStore
 from .sqlite import SqliteStore
 
 __all__ = ["STORE_FILE", "open_store"]
@@ -26,6 +25,9 @@ def open_store(cfg: ChannelConfig) -> SessionStore:
     if cfg.session_store == "memory":
         return MemoryStore(history_limit=cfg.history_limit)
     if cfg.session_store.startswith(("redis://", "rediss://")):
+        # Imported only here: coredis is a third of the daemon's import time.
+        from .redis import RedisStore
+
         return RedisStore(
             cfg.session_store,
             history_limit=cfg.history_limit,
