@@ -15,9 +15,20 @@ SOURCES = ["trio_channel", "tests", "benchmarks", "docs/examples", "noxfile.py"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite (unit, in-memory server, end-to-end)."""
+    """The whole test suite: unit, in-memory server, end-to-end, browser, and
+    the several-daemons scenarios (``-m cluster``).
+
+    Two pytest-xdist workers for everything but the cluster scenarios, which
+    then run alone: two daemons and a Redis each, with lease and feed
+    timings that should not share two cores with the rest. Arguments
+    replace all that: ``nox -s tests -- tests/test_hub.py -x``.
+    """
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    if session.posargs:
+        session.run("pytest", *session.posargs)
+        return
+    session.run("pytest", "-n", "2", "-m", "not cluster")
+    session.run("pytest", "-m", "cluster")
 
 
 @nox.session

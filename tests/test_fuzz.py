@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -70,8 +71,12 @@ PING_S = 300
 GUARD_S = 3600
 MARKER = "fuzz-end"
 
+#: Examples per fuzzer: 50 in the suite's budget; set
+#: ``TRIO_CHANNEL_FUZZ_EXAMPLES`` (e.g. 5000) for a deeper run.
+FUZZ_EXAMPLES = int(os.environ.get("TRIO_CHANNEL_FUZZ_EXAMPLES", "50"))
+
 SETTINGS = settings(
-    max_examples=100,
+    max_examples=FUZZ_EXAMPLES,
     deadline=None,
     database=None,
     suppress_health_check=[

@@ -6,7 +6,6 @@ directory, which is how the tests restart the server under an open page.
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from ..e2e.conftest import daemon_env
+
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
@@ -25,8 +26,6 @@ STOP_TIMEOUT_S = 10.0
 #: can name a test agent.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LISTENING_RE = re.compile(r"listening on ws://([^/\s]+):(\d+)/")
-#: The daemon must not pick up a secret from the environment of the test run.
-_SECRET_ENV = ("TRIO_CHANNEL_TOKEN", "TRIO_CHANNEL_TOKEN_ISSUE_SECRET")
 
 
 class Daemon:
@@ -58,8 +57,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         assert self.proc is None, "already running"
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
-        env["PYTHONUNBUFFERED"] = "1"
+        env = daemon_env()
         command = [
             sys.executable,
             "-m",

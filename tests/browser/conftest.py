@@ -73,6 +73,17 @@ def browser() -> Iterator[Browser]:
 DaemonFactory = Callable[..., Daemon]
 
 
+def _stop_all(started: list[Daemon]) -> None:
+    failures = []
+    for daemon in started:
+        daemon.stop()
+        bad = [s for s in daemon.exit_statuses if s != 0]
+        if bad:
+            failures.append(f"{daemon.flags}: exit status {bad}\n{daemon.stderr}")
+    if failures:
+        pytest.fail("daemon(s) did not exit cleanly:\n" + "\n".join(failures))
+
+
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[DaemonFactory]:
     """Start daemons for one test: ``spawn(*flags)`` returns a running one."""
@@ -84,14 +95,18 @@ def spawn(tmp_path: Path) -> Iterator[DaemonFactory]:
         return daemon.start()
 
     yield start
-    failures = []
-    for daemon in started:
-        daemon.stop()
-        bad = [s for s in daemon.exit_statuses if s != 0]
-        if bad:
-            failures.append(f"{daemon.flags}: exit status {bad}\n{daemon.stderr}")
-    if failures:
-        pytest.fail("daemon(s) did not exit cleanly:\n" + "\n".join(failures))
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon with the default flags for the tests of a module that each
+    open a chat of their own and look at nothing else (no sidebar counts, no
+    restarts): a daemon start is most of such a test's cost."""
+    daemon = Daemon(tmp_path_factory.mktemp("shared"))
+    daemon.start()
+    yield daemon
+    _stop_all([daemon])
 
 
 class UI:

@@ -120,8 +120,8 @@ def test_page_loads_and_goes_online(ui: UI, spawn: DaemonFactory) -> None:
     assert ui.console_errors == []
 
 
-def test_message_is_echoed(ui: UI, spawn: DaemonFactory) -> None:
-    page = open_page(ui, spawn())
+def test_message_is_echoed(ui: UI, shared: Daemon) -> None:
+    page = open_page(ui, shared)
     send(page, "hello from the browser")
     expect(user(page)).to_have_text(["hello from the browser"])
     expect(agent(page)).to_have_text(["hello from the browser"])
@@ -131,8 +131,8 @@ def test_message_is_echoed(ui: UI, spawn: DaemonFactory) -> None:
     expect(page.locator("#input")).to_have_value("")
 
 
-def test_stream_fills_one_bubble(ui: UI, spawn: DaemonFactory) -> None:
-    page = open_page(ui, spawn())
+def test_stream_fills_one_bubble(ui: UI, shared: Daemon) -> None:
+    page = open_page(ui, shared)
     send(page, "stream:50")
     expect(agent(page)).to_have_text([re.compile(r"chunk 50\s*$")])
     expect(agent(page)).to_have_text([chunks(50)])
@@ -140,10 +140,8 @@ def test_stream_fills_one_bubble(ui: UI, spawn: DaemonFactory) -> None:
     expect(turns(page)).to_have_count(1)
 
 
-def test_enter_sends_and_shift_enter_breaks_the_line(
-    ui: UI, spawn: DaemonFactory
-) -> None:
-    page = open_page(ui, spawn())
+def test_enter_sends_and_shift_enter_breaks_the_line(ui: UI, shared: Daemon) -> None:
+    page = open_page(ui, shared)
     box = page.locator("#input")
     box.click()
     page.keyboard.type("line one")
@@ -197,8 +195,8 @@ def test_every_event_kind_is_drawn(ui: UI, spawn: DaemonFactory) -> None:
 # --- safety ------------------------------------------------------------------------
 
 
-def test_agent_text_cannot_inject_html(ui: UI, spawn: DaemonFactory) -> None:
-    page = open_page(ui, spawn())
+def test_agent_text_cannot_inject_html(ui: UI, shared: Daemon) -> None:
+    page = open_page(ui, shared)
     payload = '<img src=x onerror="window.__pwned=1">'
     send(page, payload)
     expect(agent(page)).to_have_text([payload])
@@ -231,10 +229,8 @@ def test_agent_text_cannot_inject_html(ui: UI, spawn: DaemonFactory) -> None:
 # --- attachments -----------------------------------------------------------------
 
 
-def test_attachment_limits_are_checked_in_the_page(
-    ui: UI, spawn: DaemonFactory
-) -> None:
-    page = open_page(ui, spawn())
+def test_attachment_limits_are_checked_in_the_page(ui: UI, shared: Daemon) -> None:
+    page = open_page(ui, shared)
     picker = page.locator("#file-input")
     problem = page.locator("#composer-error")
     chips = page.locator("#attachments li")
@@ -282,10 +278,10 @@ def test_attachment_limits_are_checked_in_the_page(
     expect(page.locator(f"{OPEN} .notice.error")).to_have_count(0)
 
 
-def test_attached_image_comes_back_as_a_media_url(ui: UI, spawn: DaemonFactory) -> None:
+def test_attached_image_comes_back_as_a_media_url(ui: UI, shared: Daemon) -> None:
     """The echo agent returns the saved file; the server signs it into a
     /api/media/ URL (``media_urls``) and the page shows the image."""
-    page = open_page(ui, spawn())
+    page = open_page(ui, shared)
     page.locator("#file-input").set_input_files(png("dot.png"))
     send(page, "look")
     expect(agent(page)).to_have_count(1)
@@ -519,10 +515,10 @@ def test_new_chat_sidebar_and_reload(ui: UI, spawn: DaemonFactory) -> None:
     assert ui.console_errors == []
 
 
-def test_narrow_window_is_usable(ui: UI, spawn: DaemonFactory) -> None:
+def test_narrow_window_is_usable(ui: UI, shared: Daemon) -> None:
     page = ui.page
     page.set_viewport_size({"width": 320, "height": 640})
-    open_page(ui, spawn())
+    open_page(ui, shared)
     send(page, "x" * 200 + " and " + "a long sentence " * 20)
     expect(agent(page)).to_have_count(1)
     assert page.evaluate("document.documentElement.scrollWidth") <= 320
@@ -537,8 +533,8 @@ def test_narrow_window_is_usable(ui: UI, spawn: DaemonFactory) -> None:
     expect(page.locator("#new-chat")).not_to_be_in_viewport()
 
 
-def test_no_console_errors(ui: UI, spawn: DaemonFactory) -> None:
-    page = open_page(ui, spawn())
+def test_no_console_errors(ui: UI, shared: Daemon) -> None:
+    page = open_page(ui, shared)
     send(page, "hello")
     expect(agent(page)).to_have_count(1)
     send(page, "stream:20")
