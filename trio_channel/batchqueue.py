@@ -11,7 +11,6 @@ while the last one was written).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -23,16 +22,15 @@ __all__ = ["BatchQueue"]
 T = TypeVar("T")
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=True)
 class BatchQueue(Generic[T]):
+    """Every connection has one, so it stays small: a list, and parking lots
+    made only when somebody first waits (most send queues never wait)."""
+
     capacity: int = attrs.field(validator=attrs.validators.ge(1))
-    _items: deque[T] = attrs.field(factory=deque, init=False)
-    _consumer: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
-    _producers: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
+    _items: list[T] = attrs.field(factory=list, init=False)
+    _consumer: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
+    _producers: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -51,30 +49,32 @@ class BatchQueue(Generic[T]):
     def force(self, item: T) -> None:
         """Add ``item`` even past ``capacity`` (for bounded callers' extras)."""
         self._items.append(item)
-        if len(self._items) == 1:
+        if len(self._items) == 1 and self._consumer is not None:
             self._consumer.unpark_all()
 
     def take(self, limit: int | None = None) -> list[T]:
         """Every queued item (at most ``limit``), oldest first; never waits."""
         items = self._items
         if limit is None or limit >= len(items):
-            batch = list(items)
-            items.clear()
+            batch, self._items = items, []
         else:
-            batch = [items.popleft() for _ in range(limit)]
-        if batch:
+            batch = items[:limit]
+            del items[:limit]
+        if batch and self._producers is not None:
             self._producers.unpark_all()
         return batch
 
     def put_back(self, items: Iterable[T]) -> None:
         """Return taken ``items`` to the front, in order (a batch not done)."""
-        self._items.extendleft(reversed(list(items)))
+        self._items[:0] = list(items)
 
     async def wait_for_items(self) -> None:
         """Return once something is queued (a checkpoint either way)."""
         if self._items:
             await trio.lowlevel.checkpoint()
         while not self._items:
+            if self._consumer is None:
+                self._consumer = trio.lowlevel.ParkingLot()
             await self._consumer.park()
 
     async def wait_for_room(self) -> None:
@@ -85,4 +85,6 @@ class BatchQueue(Generic[T]):
         if not self.full:
             await trio.lowlevel.checkpoint()
         while self.full:
+            if self._producers is None:
+                self._producers = trio.lowlevel.ParkingLot()
             await self._producers.park()

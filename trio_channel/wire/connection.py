@@ -100,9 +100,10 @@ class WsConnection:
     #: The close code the connection ended with (ours or the peer's).
     close_code: int = attrs.field(default=1006, init=False)
     _writing: bool = attrs.field(default=False, init=False)
-    #: Unparked whenever the writer sent a batch or ended.
-    _written: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
+    #: Unparked whenever the writer sent a batch or ended; made when first
+    #: waited on (most connections never wait).
+    _written_lot: trio.lowlevel.ParkingLot | None = attrs.field(
+        default=None, init=False
     )
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _parts: list[str | bytes] = attrs.field(factory=list, init=False)
@@ -207,7 +208,7 @@ class WsConnection:
                     self.close(INTERNAL_ERROR, "internal error", discard=True)
                     with trio.move_on_after(DEAD_PEER_CLOSE_S):
                         while self._writing:
-                            await self._written.park()
+                            await self._written().park()
                     raise
                 finally:
                     self.timekeeper.discard(self)
@@ -219,6 +220,15 @@ class WsConnection:
                         nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+
+    def _written(self) -> trio.lowlevel.ParkingLot:
+        if self._written_lot is None:
+            self._written_lot = trio.lowlevel.ParkingLot()
+        return self._written_lot
+
+    def _wrote(self) -> None:
+        if self._written_lot is not None:
+            self._written_lot.unpark_all()
 
     async def _read(self) -> None:
         ws = self.ws
@@ -299,7 +309,7 @@ class WsConnection:
                     len(self.outbox) >= self.limits.send_queue_frames
                     and self.closing is None
                 ):
-                    await self._written.park()
+                    await self._written().park()
             finally:
                 self.busy = False
         session = self.session
@@ -386,7 +396,7 @@ class WsConnection:
                 self._nursery.cancel_scope.cancel()
         finally:
             self._writing = False
-            self._written.unpark_all()
+            self._wrote()
 
     async def _send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -399,7 +409,7 @@ class WsConnection:
             finally:
                 self.send_since = None
         self.backend.metrics.frames_out(len(frames), len(data))
-        self._written.unpark_all()
+        self._wrote()
         closing = self.closing
         done = closing is not None and (
             closing.peer_dead or self.ws.state is ConnectionState.CLOSED
