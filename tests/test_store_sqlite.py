@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
+import trio.lowlevel
 
 from trio_channel.store import sqlite as sqlite_store
 from trio_channel.store.base import (
@@ -226,7 +227,7 @@ async def test_checkpoints_keep_the_wal_small_under_steady_writes(
         if store.write_now(ops) is None:  # a checkpoint holds the database
             await store.write(ops)
         if n % 4 == 0:
-            await trio.sleep(0)  # let the checkpoint thread's result in
+            await trio.lowlevel.checkpoint()  # let the checkpoint thread's result in
         largest = max(largest, wal.stat().st_size)
     # 1,600 commits of a 2 KB event: a WAL of about 10 MB if it were never
     # started over; a few checkpoint intervals' worth (16 commits each) if it is.
@@ -234,6 +235,26 @@ async def test_checkpoints_keep_the_wal_small_under_steady_writes(
     assert largest < 1_500_000, largest
     page = await store.read_events("c", 0, 2000)
     assert len(page.events) == 1600
+
+
+async def test_large_batches_are_checkpointed_by_the_rows_they_write(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Few commits of many rows (new chats under load) grow the WAL as much
+    as many lone commits: 64 commits of 100 chats each must checkpoint."""
+    store = await run(SqliteStore(tmp_path / "s.sqlite3"), nursery)
+    wal = tmp_path / "s.sqlite3-wal"
+    largest = 0
+    for n in range(64):
+        await store.write(
+            [UpdateChat(f"chat-{n}-{i}", float(n), title="x" * 200) for i in range(100)]
+        )
+        await trio.lowlevel.checkpoint()
+        largest = max(largest, wal.stat().st_size)
+    assert store.checkpoints >= 4
+    # Without them: about 6 MB; with them, a checkpoint interval's worth.
+    assert largest < 3_000_000, largest
+    assert len(await store.chats(10_000)) == 6400
 
 
 V1_SCHEMA = """

@@ -64,9 +64,11 @@ DEFAULT_CACHE_ROWS: Final = 10_000
 #: per frame.
 INLINE_MAX_OPS: Final = 1
 #: Commits between two WAL checkpoints (each in a thread, RESTART: see
-#: :meth:`SqliteStore._checkpoints`). SQLite's own default is about 1,000
-#: pages.
+#: :meth:`SqliteStore._checkpoints`), or rows written, whichever comes
+#: first: a batch of many rows grows the WAL as much as many lone commits.
+#: SQLite's own default is about 1,000 pages.
 CHECKPOINT_EVERY: Final = 256
+CHECKPOINT_ROWS: Final = 1024
 #: How long a write in a thread waits for a lock another process holds.
 BUSY_TIMEOUT_MS: Final = 5000
 #: SQLite's result codes that a retry may cure (the database is busy).
@@ -96,6 +98,7 @@ class SqliteStore:
     #: The writer's busy timeout now: 0 on the loop (never wait there).
     _busy_ms: int = attrs.field(default=BUSY_TIMEOUT_MS, init=False)
     _commits: int = attrs.field(default=0, init=False)
+    _rows_written: int = attrs.field(default=0, init=False)
     #: WAL checkpoints done (for tests and curiosity).
     checkpoints: int = attrs.field(default=0, init=False)
     _checkpoint_due: trio.lowlevel.ParkingLot = attrs.field(
@@ -163,9 +166,9 @@ class SqliteStore:
         again (the WAL only grows meanwhile, nothing is lost).
         """
         while True:
-            while self._commits < CHECKPOINT_EVERY:
+            while not self._checkpoint_is_due():
                 await self._checkpoint_due.park()
-            self._commits = 0
+            self._commits = self._rows_written = 0
             db = self._checkpointer
             if db is None:
                 return
@@ -181,9 +184,15 @@ class SqliteStore:
 
     def _committed(self, results: list[StoreResult]) -> list[StoreResult]:
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY:
+        self._rows_written += len(results)
+        if self._checkpoint_is_due():
             self._checkpoint_due.unpark_all()
         return results
+
+    def _checkpoint_is_due(self) -> bool:
+        return (
+            self._commits >= CHECKPOINT_EVERY or self._rows_written >= CHECKPOINT_ROWS
+        )
 
     def _set_busy_timeout(self, db: sqlite3.Connection, ms: int) -> None:
         if self._busy_ms != ms:
