@@ -92,7 +92,7 @@ def bench(session: nox.Session) -> None:
     """trio_channel against nanobot, websockets and trio-websocket servers.
 
     See docs/benchmarks.md. Not part of the default sessions: it takes about
-    17 minutes on 2 cores. ``nox -s bench -- --quick`` is a 90-second smoke
+    8 minutes on 2 cores. ``nox -s bench -- --quick`` is a 90-second smoke
     run, ``-- --only KEY ...`` runs chosen rows (``--only chats_rss``: the
     chat-metadata memory scenario, a few minutes).
     """
