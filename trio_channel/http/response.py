@@ -43,11 +43,20 @@ def open_regular_file(path: Path) -> tuple[int, int] | None:
     blocking (a FIFO would hang the thread), then checked with ``fstat``, so
     what is checked is what is read. Blocking: run in a worker thread.
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, FILE_FLAGS)
     except (OSError, ValueError):
         return None
+    return regular_file(fd)
+
+
+#: How a file is opened to be served: its last component never followed,
+#: and without blocking (a FIFO would hang the thread).
+FILE_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def regular_file(fd: int) -> tuple[int, int] | None:
+    """``(fd, size)`` if the open ``fd`` is a regular file; else it is closed."""
     try:
         info = os.fstat(fd)
     except OSError:

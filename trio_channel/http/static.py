@@ -31,11 +31,12 @@ Every answer carries ``X-Content-Type-Options: nosniff``.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote
+
+from .response import FILE_FLAGS, regular_file
 
 INDEX: Final = "index.html"
 #: Deeper paths than this are not looked up (a Vite build is 2-3 deep).
@@ -157,18 +158,9 @@ def open_static(root: Path, parts: Sequence[str]) -> tuple[int, int] | None:
             child = os.open(name, dir_flags | os.O_NOFOLLOW, dir_fd=current)
             os.close(current)
             current = child
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-        fd = os.open(parts[-1], flags, dir_fd=current)
+        fd = os.open(parts[-1], FILE_FLAGS, dir_fd=current)
     except (OSError, ValueError):
         return None
     finally:
         os.close(current)
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        return None
-    return fd, info.st_size
+    return regular_file(fd)
