@@ -229,3 +229,15 @@ def test_every_interleaving_delivers_exactly_1_to_n(actions, room, resume_at) ->
         world.catch_up_step(3)
     client.drain()
     assert client.received == list(range(1, len(world.log) + 1))
+
+
+def test_a_cursor_that_lost_track_must_read_the_log_before_going_live() -> None:
+    """After a broken feed, what this node saw published is not all there
+    is: a cursor that had seen everything published must still read."""
+    cursor = Cursor(next_seq=2)
+    cursor.lost_track()
+    assert (cursor.live, cursor.must_read, cursor.rehydrate) == (False, True, True)
+    # Each fall is counted, so a read that began before one cannot end it.
+    before = cursor.falls
+    cursor.lost_track()
+    assert cursor.falls == before + 1

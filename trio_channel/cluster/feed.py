@@ -128,9 +128,11 @@ class PartitionFeed:
     def _everyone_behind(self) -> None:
         for chat_id, chat in self.hub.chats.items():
             for sub, cursor in chat.subscribers.items():
-                if cursor.live:
-                    cursor.fall_behind()
-                    sub.fell_behind(chat_id)
+                # Those already catching up too: a read that began before
+                # the feed's new start must not be the one that ends it. And
+                # what this node saw published is not all there is now.
+                cursor.lost_track()
+                sub.fell_behind(chat_id)
 
     def _degrade(self, reason: str) -> None:
         if self.degraded_reason is None:

@@ -18,7 +18,7 @@ lessons of SCALEOUT.md's traps:
   Three Redis restarts were enough to hang a daemon. So the pool wait has a
   deadline (``pool_timeout``), and a connection-level failure renews the
   whole client (:meth:`RedisLink._keep_client`, at most once a second):
-  a fresh pool, the old one closed.
+  a fresh pool; the old one is closed once the calls on it had time to end.
 
 Errors come out as :class:`~trio_channel.store.base.StoreError`: transient
 for a lost or refused connection and timeouts (retry), not transient for
@@ -28,8 +28,8 @@ an answer Redis refused (a bug, or a full Redis).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
 import attrs
@@ -67,6 +67,10 @@ STREAM_TIMEOUT_S: Final = 10.0
 POOL_TIMEOUT_S: Final = 10.0
 #: A client is renewed at most this often, however many calls fail.
 RENEW_INTERVAL_S: Final = 1.0
+#: Longest a call may take (blocking reads add their block time): coredis's
+#: own timeouts cover a connection that answers slowly, not one that the
+#: client's renewal closed under a call, which then waited forever.
+CALL_TIMEOUT_S: Final = STREAM_TIMEOUT_S + CONNECT_TIMEOUT_S
 #: What coredis says to a call on a client whose pool was closed (renewed).
 _POOL_CLOSED: Final = "Connection pool is not initialized or has exited"
 
@@ -152,23 +156,36 @@ class RedisLink:
     async def _keep_client(
         self, client: Any, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        """Hold the current client; swap in a fresh one when asked to renew."""
-        started = False
-        while True:
-            born = trio.current_time()
-            async with client:
-                self.client, self._scripts, self._renew = client, {}, trio.Event()
-                if not started:
-                    task_status.started()
-                    started = True
+        """Hold the current client; swap in a fresh one when asked to renew.
+
+        The old client stays open for :data:`CALL_TIMEOUT_S` more, so calls
+        already running on it end on their own (answered, failed, or cut by
+        their deadline) instead of on a pool closed under them.
+        """
+        async with trio.open_nursery() as holders:
+            release = await holders.start(self._hold, client)
+            self.client, self._scripts, self._renew = client, {}, trio.Event()
+            task_status.started()
+            while True:
+                born = trio.current_time()
                 await self._renew.wait()
                 await trio.sleep_until(born + RENEW_INTERVAL_S)
-                client = self._new_client()
+                fresh = self._new_client()
+                fresh_release = await holders.start(self._hold, fresh)
+                self.client, self._scripts, self._renew = fresh, {}, trio.Event()
                 log.info("redis: connections lost; renewing the client")
-            # Leaving the block closed the old client's pool; calls still
-            # waiting on it fail and are retried on the new one.
+                holders.start_soon(_release_later, release)
+                release = fresh_release
 
-    def _failed(self, exc: BaseException, what: str) -> StoreError:
+    @staticmethod
+    async def _hold(client: Any, *, task_status: trio.TaskStatus[trio.Event]) -> None:
+        """Keep ``client`` entered until the event it reports is set."""
+        release = trio.Event()
+        async with client:
+            task_status.started(release)
+            await release.wait()
+
+    def _failed(self, exc: BaseException, what: str, client: Any) -> StoreError:
         if isinstance(exc, RuntimeError):
             # A call that began on the client just renewed finds its pool
             # closed: retry on the new one. Any other RuntimeError is a bug.
@@ -176,7 +193,8 @@ class RedisLink:
                 raise exc
             return StoreError(f"redis {what}: the client was renewed", transient=True)
         error = _as_store_error(exc, what)
-        if error.transient:
+        if error.transient and client is self.client:
+            # (A call on a client already replaced renews nothing.)
             self._renew.set()
         return error
 
@@ -190,12 +208,14 @@ class RedisLink:
 
     async def run(self, call: Call) -> Any:
         """Run one script; raises :class:`StoreError`."""
+        client = self.client
         try:
-            return await self._registered(call.script)(
-                keys=list(call.keys), args=list(call.args)
-            )
+            with _bounded(CALL_TIMEOUT_S):
+                return await self._registered(call.script)(
+                    keys=list(call.keys), args=list(call.args)
+                )
         except _CALL_ERRORS as exc:
-            raise self._failed(exc, call.script.name) from exc
+            raise self._failed(exc, call.script.name, client) from exc
 
     async def run_all(self, calls: Sequence[Call]) -> list[Any]:
         """Run scripts in one pipeline, in order; each result or its error.
@@ -207,32 +227,36 @@ class RedisLink:
         """
         if not calls:
             return []
+        client = self.client
         try:
-            async with self.client.pipeline(
-                transaction=False, raise_on_error=False
-            ) as pipe:
-                for call in calls:
-                    self._registered(call.script)(
-                        keys=list(call.keys), args=list(call.args), client=pipe
-                    )
+            with _bounded(CALL_TIMEOUT_S):
+                async with client.pipeline(
+                    transaction=False, raise_on_error=False
+                ) as pipe:
+                    for call in calls:
+                        self._registered(call.script)(
+                            keys=list(call.keys), args=list(call.args), client=pipe
+                        )
             results = list(pipe.results or ())
         except _CALL_ERRORS as exc:
-            raise self._failed(exc, "pipeline") from exc
+            raise self._failed(exc, "pipeline", client) from exc
         for result in results:
             if isinstance(result, BaseException) and not isinstance(
                 result, _ResponseError
             ):
-                raise self._failed(result, "pipeline")
+                raise self._failed(result, "pipeline", client)
         return results
 
     async def xread(
         self, streams: Mapping[str, str], *, count: int, block_ms: int
     ) -> list[tuple[str, list[tuple[str, dict[str, bytes]]]]]:
         """``XREAD`` as plain data: ``[(stream, [(id, fields)])]``."""
+        client = self.client
         try:
-            answer = await self.client.xread(dict(streams), count=count, block=block_ms)
+            with _bounded(CALL_TIMEOUT_S + block_ms / 1000):
+                answer = await client.xread(dict(streams), count=count, block=block_ms)
         except _CALL_ERRORS as exc:
-            raise self._failed(exc, "xread") from exc
+            raise self._failed(exc, "xread", client) from exc
         return _streams(answer)
 
     async def xreadgroup(
@@ -244,29 +268,49 @@ class RedisLink:
         count: int,
         block_ms: int | None,
     ) -> list[tuple[str, list[tuple[str, dict[str, bytes]]]]]:
+        client = self.client
         try:
-            answer = await self.client.xreadgroup(
-                group, consumer, dict(streams), count=count, block=block_ms
-            )
+            with _bounded(CALL_TIMEOUT_S + (block_ms or 0) / 1000):
+                answer = await client.xreadgroup(
+                    group, consumer, dict(streams), count=count, block=block_ms
+                )
         except _CALL_ERRORS as exc:
-            raise self._failed(exc, "xreadgroup") from exc
+            raise self._failed(exc, "xreadgroup", client) from exc
         return _streams(answer)
 
     async def ensure_group(self, stream: str, group: str) -> None:
         """Create the consumer group (and the stream) unless it exists."""
+        client = self.client
         try:
-            await self.client.xgroup_create(stream, group, "0", mkstream=True)
+            with _bounded(CALL_TIMEOUT_S):
+                await client.xgroup_create(stream, group, "0", mkstream=True)
         except _GroupExists:
             return
         except _CALL_ERRORS as exc:
-            raise self._failed(exc, "xgroup create") from exc
+            raise self._failed(exc, "xgroup create", client) from exc
 
     async def get(self, key: str) -> bytes | None:
+        client = self.client
         try:
-            value = await self.client.get(key)
+            with _bounded(CALL_TIMEOUT_S):
+                value = await client.get(key)
         except _CALL_ERRORS as exc:
-            raise self._failed(exc, "get") from exc
+            raise self._failed(exc, "get", client) from exc
         return value if value is None else bytes(value)
+
+
+async def _release_later(release: trio.Event) -> None:
+    await trio.sleep(CALL_TIMEOUT_S)
+    release.set()
+
+
+@contextmanager
+def _bounded(seconds: float) -> Iterator[None]:
+    """Raise :class:`TimeoutError` (a transient failure) after ``seconds``."""
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise TimeoutError(f"no answer from redis within {seconds:g} s")
 
 
 def _text(value: Any) -> str:

@@ -427,11 +427,12 @@ class WsConnection:
         cursor = hub.cursor(self, chat_id)
         if cursor is None or cursor.live:
             return
-        if cursor.try_go_live(hub.chat(chat_id).published_seq):
+        if not cursor.must_read and cursor.try_go_live(hub.chat(chat_id).published_seq):
             self._handed_over(chat_id, cursor.rehydrate)
             cursor.rehydrate = False
             return
         limit = self.limits.catch_up_page
+        falls = cursor.falls
         try:
             page = await self.backend.read_events(chat_id, cursor.next_seq - 1, limit)
         except StoreError as exc:
@@ -441,12 +442,20 @@ class WsConnection:
             return
         if hub.cursor(self, chat_id) is not cursor or self.closing is not None:
             return  # re-attached or closing meanwhile
+        if cursor.falls == falls:
+            cursor.must_read = False
         step = catch_up_page(cursor, chat_id, page.first_seq, page.events, limit=limit)
         if step.notice is not None:
             self.send_events([step.notice])
         for payload in step.payloads:
             self.outbox.force(text_frame(payload))
-        if step.exhausted and cursor.try_go_live(hub.chat(chat_id).published_seq):
+        if (
+            step.exhausted
+            # It fell behind again during the read (a feed that restarted):
+            # what that is about may be newer than this page; read again.
+            and cursor.falls == falls
+            and cursor.try_go_live(hub.chat(chat_id).published_seq)
+        ):
             self._handed_over(chat_id, cursor.rehydrate)
             cursor.rehydrate = False
         else:
