@@ -65,11 +65,9 @@ class Cursor:
     #: Send the chat's current state (hydration) when it next goes live: a
     #: catch-up may have skipped status events, which are not in the log.
     rehydrate: bool = False
-    #: Times it fell behind: a catch-up read that began before the last
-    #: fall may have missed what that fall is about, so it is read again.
-    falls: int = 0
     #: Read the log before going live, whatever the hub last saw published:
-    #: after a broken feed, what this node saw is not all there is.
+    #: after a broken feed, what this node saw is not all there is. Set
+    #: again during a read, that read is not the last one.
     must_read: bool = False
 
     def offer(self, seq: int) -> Offer:
@@ -88,7 +86,6 @@ class Cursor:
         """The send queue overflowed or a feed failed: catch up from the store."""
         self.live = False
         self.rehydrate = True
-        self.falls += 1
 
     def lost_track(self) -> None:
         """The feed broke: catch up, and read the log at least once."""

@@ -432,18 +432,19 @@ class WsConnection:
             cursor.rehydrate = False
             return
         limit = self.limits.catch_up_page
-        falls = cursor.falls
+        # Set again if the feed breaks during the read: then this page may
+        # be older than what that break is about, and is not the last read.
+        must_read, cursor.must_read = cursor.must_read, False
         try:
             page = await self.backend.read_events(chat_id, cursor.next_seq - 1, limit)
         except StoreError as exc:
             log.warning("catch-up of %s paused: %s", chat_id, exc)
+            cursor.must_read = cursor.must_read or must_read
             self.catching_up[chat_id] = None
             await trio.sleep(CATCH_UP_RETRY_S)
             return
         if hub.cursor(self, chat_id) is not cursor or self.closing is not None:
             return  # re-attached or closing meanwhile
-        if cursor.falls == falls:
-            cursor.must_read = False
         step = catch_up_page(cursor, chat_id, page.first_seq, page.events, limit=limit)
         if step.notice is not None:
             self.send_events([step.notice])
@@ -451,9 +452,7 @@ class WsConnection:
             self.outbox.force(text_frame(payload))
         if (
             step.exhausted
-            # It fell behind again during the read (a feed that restarted):
-            # what that is about may be newer than this page; read again.
-            and cursor.falls == falls
+            and not cursor.must_read
             and cursor.try_go_live(hub.chat(chat_id).published_seq)
         ):
             self._handed_over(chat_id, cursor.rehydrate)
