@@ -17,9 +17,31 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
-__all__ = ["BatchQueue"]
+__all__ = ["BatchQueue", "LazyParkingLot"]
 
 T = TypeVar("T")
+
+
+class LazyParkingLot:
+    """A :class:`trio.lowlevel.ParkingLot` made when somebody first parks.
+
+    A lot is an ``OrderedDict`` and a list (about 500 bytes); every
+    connection has several and most never wait on them.
+    """
+
+    __slots__ = ("_lot",)
+
+    def __init__(self) -> None:
+        self._lot: trio.lowlevel.ParkingLot | None = None
+
+    async def park(self) -> None:
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        await self._lot.park()
+
+    def unpark_all(self) -> None:
+        if self._lot is not None:
+            self._lot.unpark_all()
 
 
 @attrs.define(eq=False, slots=True)
@@ -29,8 +51,8 @@ class BatchQueue(Generic[T]):
 
     capacity: int = attrs.field(validator=attrs.validators.ge(1))
     _items: list[T] = attrs.field(factory=list, init=False)
-    _consumer: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
-    _producers: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
+    _consumer: LazyParkingLot = attrs.field(factory=LazyParkingLot, init=False)
+    _producers: LazyParkingLot = attrs.field(factory=LazyParkingLot, init=False)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -49,7 +71,7 @@ class BatchQueue(Generic[T]):
     def force(self, item: T) -> None:
         """Add ``item`` even past ``capacity`` (for bounded callers' extras)."""
         self._items.append(item)
-        if len(self._items) == 1 and self._consumer is not None:
+        if len(self._items) == 1:
             self._consumer.unpark_all()
 
     def take(self, limit: int | None = None) -> list[T]:
@@ -60,7 +82,7 @@ class BatchQueue(Generic[T]):
         else:
             batch = items[:limit]
             del items[:limit]
-        if batch and self._producers is not None:
+        if batch:
             self._producers.unpark_all()
         return batch
 
@@ -73,8 +95,6 @@ class BatchQueue(Generic[T]):
         if self._items:
             await trio.lowlevel.checkpoint()
         while not self._items:
-            if self._consumer is None:
-                self._consumer = trio.lowlevel.ParkingLot()
             await self._consumer.park()
 
     async def wait_for_room(self) -> None:
@@ -85,6 +105,4 @@ class BatchQueue(Generic[T]):
         if not self.full:
             await trio.lowlevel.checkpoint()
         while self.full:
-            if self._producers is None:
-                self._producers = trio.lowlevel.ParkingLot()
             await self._producers.park()

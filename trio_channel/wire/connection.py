@@ -27,7 +27,7 @@ import trio
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from ..batchqueue import BatchQueue
+from ..batchqueue import BatchQueue, LazyParkingLot
 from ..core.delivery import HISTORY_RESET, catch_up_page
 from ..core.events import (
     Error,
@@ -100,11 +100,8 @@ class WsConnection:
     #: The close code the connection ended with (ours or the peer's).
     close_code: int = attrs.field(default=1006, init=False)
     _writing: bool = attrs.field(default=False, init=False)
-    #: Unparked whenever the writer sent a batch or ended; made when first
-    #: waited on (most connections never wait).
-    _written_lot: trio.lowlevel.ParkingLot | None = attrs.field(
-        default=None, init=False
-    )
+    #: Unparked whenever the writer sent a batch or ended.
+    _written: LazyParkingLot = attrs.field(factory=LazyParkingLot, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _parts: list[str | bytes] = attrs.field(factory=list, init=False)
     _size: int = attrs.field(default=0, init=False)
@@ -208,7 +205,7 @@ class WsConnection:
                     self.close(INTERNAL_ERROR, "internal error", discard=True)
                     with trio.move_on_after(DEAD_PEER_CLOSE_S):
                         while self._writing:
-                            await self._written().park()
+                            await self._written.park()
                     raise
                 finally:
                     self.timekeeper.discard(self)
@@ -220,15 +217,6 @@ class WsConnection:
                         nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
-
-    def _written(self) -> trio.lowlevel.ParkingLot:
-        if self._written_lot is None:
-            self._written_lot = trio.lowlevel.ParkingLot()
-        return self._written_lot
-
-    def _wrote(self) -> None:
-        if self._written_lot is not None:
-            self._written_lot.unpark_all()
 
     async def _read(self) -> None:
         ws = self.ws
@@ -309,7 +297,7 @@ class WsConnection:
                     len(self.outbox) >= self.limits.send_queue_frames
                     and self.closing is None
                 ):
-                    await self._written().park()
+                    await self._written.park()
             finally:
                 self.busy = False
         session = self.session
@@ -396,7 +384,7 @@ class WsConnection:
                 self._nursery.cancel_scope.cancel()
         finally:
             self._writing = False
-            self._wrote()
+            self._written.unpark_all()
 
     async def _send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -409,7 +397,7 @@ class WsConnection:
             finally:
                 self.send_since = None
         self.backend.metrics.frames_out(len(frames), len(data))
-        self._wrote()
+        self._written.unpark_all()
         closing = self.closing
         done = closing is not None and (
             closing.peer_dead or self.ws.state is ConnectionState.CLOSED
