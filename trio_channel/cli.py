@@ -171,7 +171,7 @@ def render_config(cfg: ChannelConfig, sources: dict[str, str]) -> str:
         elif isinstance(value, tuple):
             text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
         elif isinstance(value, str):
-            text = json.dumps(masked_url(value) if "://" in value else value)
+            text = json.dumps(masked_url(value))
         else:
             text = repr(value)
         source = sources.get(field)
