@@ -20,14 +20,19 @@ def tests(session: nox.Session) -> None:
 
     Two pytest-xdist workers for everything but the cluster scenarios, which
     then run alone: two daemons and a Redis each, with lease and feed
-    timings that should not share two cores with the rest. Arguments
-    replace all that: ``nox -s tests -- tests/test_hub.py -x``.
+    timings that should not share two cores with the rest. The workers
+    steal from each other's queues (``--dist worksteal``): xdist's default
+    hands each worker a first block of a quarter of its share in collection
+    order, so one worker got every browser and end-to-end test and ran them
+    alone for 36 of the suite's 60 s while the other, done with the unit
+    tests, sat idle (44 s with stealing). Arguments replace all that:
+    ``nox -s tests -- tests/test_hub.py -x``.
     """
     session.install("-e", ".[test]")
     if session.posargs:
         session.run("pytest", *session.posargs)
         return
-    session.run("pytest", "-n", "2", "-m", "not cluster")
+    session.run("pytest", "-n", "2", "--dist", "worksteal", "-m", "not cluster")
     session.run("pytest", "-m", "cluster")
 
 
