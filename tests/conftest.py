@@ -18,7 +18,7 @@ from trio_channel.store.memory import MemoryStore
 from trio_channel.store.redis import RedisStore
 from trio_channel.store.sqlite import SqliteStore
 
-from .redis_server import RedisServer
+from .redis_server import RedisClusterServers, RedisSentinelSetup, RedisServer
 
 #: Small, so trimming is exercised without thousands of events.
 CONTRACT_HISTORY_LIMIT = 50
@@ -32,7 +32,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterServers]:
+    """A three-primary Redis Cluster for the session (flushed per test)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisSentinelSetup]:
+    """A primary, its replica and a Sentinel for the session."""
+    setup = RedisSentinelSetup(tmp_path_factory.mktemp("redis-sentinel")).start()
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, nursery: trio.Nursery
 ) -> AsyncIterator[SessionStore]:
@@ -44,10 +64,18 @@ async def store(
         backend = SqliteStore(
             tmp_path / "sessions.sqlite3", history_limit=CONTRACT_HISTORY_LIMIT
         )
-    else:
+    elif request.param == "redis":
         redis = request.getfixturevalue("redis_server")
         redis.command("FLUSHALL")
         backend = RedisStore(redis.url, history_limit=CONTRACT_HISTORY_LIMIT)
+    elif request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        backend = RedisStore(cluster.url, history_limit=CONTRACT_HISTORY_LIMIT)
+    else:
+        sentinel = request.getfixturevalue("redis_sentinel")
+        sentinel.primary.command("FLUSHALL")
+        backend = RedisStore(sentinel.url, history_limit=CONTRACT_HISTORY_LIMIT)
     await nursery.start(backend.run)
     yield backend
 

@@ -15,6 +15,7 @@ from trio_channel.cluster.feed import PartitionFeed
 from trio_channel.cluster.leases import LeaseKeeper, plan
 from trio_channel.cluster.turnbook import Turn, TurnBook, TurnOutput
 from trio_channel.core.hub import ChatHub
+from trio_channel.store._coredis import Call
 from trio_channel.store.base import StoreError
 from trio_channel.store.redis_layout import Layout, partition_of
 
@@ -302,3 +303,67 @@ async def test_after_a_broken_feed_cursors_catch_up_once_its_new_start_is_set(
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
     assert log == ["time", "xread failed", "behind", "time", "behind", "xread"]
+
+
+@attrs.define
+class ClusterLink:
+    """A Cluster link: records which streams each call names; the reads of
+    one partition fail once, the others find nothing new."""
+
+    calls: list[tuple[str, tuple[str, ...]]]
+    failing: str
+
+    async def run(self, call: Call) -> list[bytes]:
+        self.calls.append(("time", tuple(call.keys)))
+        return [b"100", b"0"]
+
+    async def xread(
+        self, streams: dict[str, str], *, count: int, block_ms: int
+    ) -> list[object]:
+        self.calls.append(("xread", tuple(streams)))
+        if self.failing in streams:
+            self.failing = ""
+            raise StoreError("redis: connection lost", transient=True)
+        await trio.sleep(block_ms / 1000)  # nothing new
+        return []
+
+
+async def test_on_a_cluster_each_partition_has_its_own_feed_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One call reaches one hash slot on a Cluster: a loop per partition, its
+    clock read on its own shard, and a break on one partition sends behind
+    only the cursors of that partition's chats."""
+    layout = Layout(4)
+    chats = {partition_of(f"chat{i}", 4): f"chat{i}" for i in range(40)}
+    assert sorted(chats) == [0, 1, 2, 3]
+    hub: ChatHub[Watcher] = ChatHub()
+    watcher = Watcher()
+    hub.register(watcher)
+    for chat in chats.values():
+        hub.subscribe(watcher, chat)
+    link = ClusterLink([], failing=layout.fan(2))
+    health: list[str | None] = []
+    feed = PartitionFeed(
+        lambda: link,  # type: ignore[arg-type,return-value]
+        layout,
+        "me",
+        hub,
+        on_health=health.append,
+        cluster=True,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed.run)
+        await trio.sleep(12)
+        nursery.cancel_scope.cancel()
+    streams = [keys for what, keys in link.calls]
+    assert all(len(keys) == 1 for keys in streams)
+    assert {keys[0] for keys in streams} == {layout.fan(p) for p in range(4)}
+    times = [keys for what, keys in link.calls if what == "time"]
+    assert sorted(times) == sorted(
+        [(layout.fan(p),) for p in range(4)] + [(layout.fan(2),)]
+    )
+    # Behind when it broke and again at its new start: chat of partition 2 only.
+    assert watcher.behind == [chats[2], chats[2]]
+    assert health == ["redis: connection lost", None]
+    assert feed.degraded_reason is None

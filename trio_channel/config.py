@@ -79,8 +79,10 @@ class ChannelConfig(
     bus_capacity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     rate_limit: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 100.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
-    #: ``sqlite`` (a file in ``data_dir``), ``memory`` (nothing kept), or
-    #: ``redis://HOST:PORT/DB`` / ``rediss://...`` (several daemons).
+    #: ``sqlite`` (a file in ``data_dir``), ``memory`` (nothing kept), or a
+    #: Redis URL for several daemons: ``redis://HOST:PORT/DB`` (``rediss://``
+    #: with TLS), ``redis+cluster://HOST:PORT,...`` or
+    #: ``redis+sentinel://HOST:PORT,.../SERVICE/DB`` (store/redis_url.py).
     session_store: str = "sqlite"
     #: ``full`` also survives power loss, at a measured cost per commit.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
@@ -308,18 +310,27 @@ def _expanded(field: str, value: str, errors: list[ConfigError]) -> str:
 
 
 _ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
-_STORE_SCHEMES = ("redis://", "rediss://")
 
 
 def _check_store(value: str, errors: list[ConfigError]) -> None:
-    if value in ("sqlite", "memory") or value.startswith(_STORE_SCHEMES):
+    # Imported here: the store package imports this module.
+    from .store.redis_url import is_redis_url, parse_redis_url
+
+    if value in ("sqlite", "memory"):
         return
-    errors.append(
-        ConfigError(
-            "session_store",
-            f"must be sqlite, memory or a redis:// URL (got {masked_url(value)!r})",
+    if not is_redis_url(value):
+        errors.append(
+            ConfigError(
+                "session_store",
+                "must be sqlite, memory or a Redis URL: redis://, rediss://, "
+                f"redis+cluster:// or redis+sentinel:// (got {masked_url(value)!r})",
+            )
         )
-    )
+        return
+    try:
+        parse_redis_url(value)
+    except ValueError as exc:
+        errors.append(ConfigError("session_store", f"{exc} (in {masked_url(value)!r})"))
 
 
 def masked_url(value: str) -> str:

@@ -109,7 +109,8 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
     "session_store": (
         str,
         "KIND",
-        "sqlite (in data_dir), memory (nothing kept) or redis://HOST:PORT/DB",
+        "sqlite (in data_dir), memory (nothing kept), redis://HOST:PORT/DB, "
+        "redis+cluster://HOST:PORT,... or redis+sentinel://HOST:PORT,.../SERVICE",
     ),
     "redis_partitions": (int, "N", "chat partitions in Redis (every node the same)"),
     "redis_lease_ttl_s": (

@@ -1,10 +1,12 @@
 """Two daemons and one Redis behave as one server (issue: several daemons).
 
 Real processes: two ``trio-channel serve --session-store redis://...`` on
-two ports, a ``redis-server`` of the test's own, and ``websockets`` clients
-that hop between the nodes. Every scenario checks what a user would see:
-every event once and in order, every message answered once, through a
-daemon kill -9, a Redis kill -9 and a Redis that forgot everything.
+two ports, a ``redis-server`` of the test's own (or a Redis Cluster of
+three, or a primary and replica under a Sentinel), and ``websockets``
+clients that hop between the nodes. Every scenario checks what a user would
+see: every event once and in order, every message answered once, through a
+daemon kill -9, a Redis kill -9, a Redis that forgot everything and a
+Sentinel failover.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from ..redis_server import RedisServer
+from ..redis_server import RedisClusterServers, RedisSentinelSetup, RedisServer
 from ._client import Frame, connect, http_get, ready, recv, recv_until, send, turn
 from .conftest import Daemon, DaemonFactory
 
@@ -30,6 +32,13 @@ pytestmark = pytest.mark.cluster
 LEASE = ("--redis-lease-ttl", "2")
 
 
+class Deployment(Protocol):
+    """What the daemons are pointed at: its ``--session-store`` URL."""
+
+    @property
+    def url(self) -> str: ...
+
+
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", appendfsync="always").start()
@@ -37,8 +46,21 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """One Redis server, or a three-primary Redis Cluster (one feed loop per
+    partition): the scenarios that do not kill Redis run on both."""
+    target: RedisServer | RedisClusterServers
+    if request.param == "redis":
+        target = RedisServer(tmp_path / "redis", appendfsync="always").start()
+    else:
+        target = RedisClusterServers(tmp_path / "redis-cluster").start()
+    yield target
+    target.stop()
+
+
 def nodes(
-    spawn: DaemonFactory, redis: RedisServer, tmp_path: Path, *flags: str
+    spawn: DaemonFactory, redis: Deployment, tmp_path: Path, *flags: str
 ) -> tuple[Daemon, Daemon]:
     media = tmp_path / "shared-media"
     common = ("--session-store", redis.url, *LEASE, "--media-dir", str(media), *flags)
@@ -57,9 +79,9 @@ def persisted(frames: list[Frame]) -> list[Frame]:
 
 
 def test_a_reply_reaches_a_subscriber_on_the_other_node(
-    spawn_daemon: DaemonFactory, redis: RedisServer, tmp_path: Path
+    spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
 ):
-    a, b = nodes(spawn_daemon, redis, tmp_path, *open_flags())
+    a, b = nodes(spawn_daemon, deployment, tmp_path, *open_flags())
     with (
         connect(a.ws_url("client_id=one")) as one,
         connect(b.ws_url("client_id=two")) as two,
@@ -77,9 +99,9 @@ def test_a_reply_reaches_a_subscriber_on_the_other_node(
 
 
 def test_clients_hopping_between_nodes_see_every_event_once(
-    spawn_daemon: DaemonFactory, redis: RedisServer, tmp_path: Path
+    spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
 ):
-    a, b = nodes(spawn_daemon, redis, tmp_path, *open_flags())
+    a, b = nodes(spawn_daemon, deployment, tmp_path, *open_flags())
     chats, stop = [], threading.Event()
     with connect(a.ws_url("client_id=driver")) as driver:
         ready(driver)
@@ -172,9 +194,9 @@ def answers(daemon: Daemon, chat: str) -> list[str]:
 
 
 def test_messages_to_both_nodes_are_answered_once_each_in_order(
-    spawn_daemon: DaemonFactory, redis: RedisServer, tmp_path: Path
+    spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
 ):
-    a, b = nodes(spawn_daemon, redis, tmp_path, *open_flags())
+    a, b = nodes(spawn_daemon, deployment, tmp_path, *open_flags())
     with connect(a.ws_url("client_id=x")) as x, connect(b.ws_url("client_id=y")) as y:
         chat = ready(x)["chat_id"]
         ready(y)
@@ -196,9 +218,9 @@ def test_messages_to_both_nodes_are_answered_once_each_in_order(
 
 
 def test_a_daemon_killed_mid_turn_loses_no_message(
-    spawn_daemon: DaemonFactory, redis: RedisServer, tmp_path: Path
+    spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
 ):
-    a, b = nodes(spawn_daemon, redis, tmp_path, *open_flags())
+    a, b = nodes(spawn_daemon, deployment, tmp_path, *open_flags())
     chats = []
     with connect(b.ws_url("client_id=survivor")) as ws:
         ready(ws)
@@ -239,9 +261,9 @@ def test_a_daemon_killed_mid_turn_loses_no_message(
 
 
 def test_a_token_and_media_from_one_node_work_on_the_other(
-    spawn_daemon: DaemonFactory, redis: RedisServer, tmp_path: Path
+    spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
 ):
-    a, b = nodes(spawn_daemon, redis, tmp_path)
+    a, b = nodes(spawn_daemon, deployment, tmp_path)
     assert a.port is not None and b.port is not None
     status, _, body = http_get(a.host, a.port, "/api/bootstrap")
     assert status == 200
@@ -380,3 +402,50 @@ def test_redis_down_keeps_sockets_open_and_says_so(
         # (The feed broke meanwhile: the client first catches up, and is
         # sent the chat's state, idle; then the answer.)
         recv_until(ws, lambda f: f.get("text") == "back")
+
+
+def test_a_sentinel_failover_loses_nothing_the_replica_had(
+    spawn_daemon: DaemonFactory, tmp_path: Path
+):
+    """The daemons follow the Sentinel to the new primary by themselves: the
+    chat goes on, and a resuming client sees every event once, in order."""
+    setup = RedisSentinelSetup(tmp_path / "sentinel").start()
+    try:
+        a, b = nodes(spawn_daemon, setup, tmp_path, *open_flags())
+        with connect(a.ws_url("client_id=before")) as ws:
+            chat = ready(ws)["chat_id"]
+            send(ws, {"type": "message", "chat_id": chat, "content": "before"})
+            before = persisted(turn(ws, chat))
+        setup.wait_replicated()  # asynchronous replication: nothing in flight
+        old_primary = setup.primary_port()
+        setup.failover()
+        assert setup.primary_port() == setup.replica.port != old_primary
+        answered = False
+        deadline = time.monotonic() + 30
+        while not answered:
+            assert time.monotonic() < deadline, "no answer after the failover"
+            with connect(b.ws_url("client_id=after")) as ws:
+                ready(ws)
+                # Resumed where "before" ended: what follows is the new turn.
+                since = before[-1]["seq"]
+                send(ws, {"type": "attach", "chat_id": chat, "since_seq": since})
+                assert recv(ws)["event"] == "attached"
+                send(ws, {"type": "message", "chat_id": chat, "content": "after"})
+                frames = recv_until(
+                    ws, lambda f: f.get("event") in ("error", "turn_end")
+                )
+                answered = frames[-1]["event"] == "turn_end"
+                if not answered:
+                    # Sent while the nodes were finding the new primary.
+                    assert frames[-1]["detail"] == "store_unavailable", frames[-1]
+                    time.sleep(0.5)
+        assert answers(a, chat) == ["before", "after"]
+        with connect(a.ws_url("client_id=resume")) as ws:
+            ready(ws)
+            send(ws, {"type": "attach", "chat_id": chat, "since_seq": 0})
+            attached = recv(ws)
+            frames = [recv(ws) for _ in range(attached["last_seq"])]
+        assert [f["seq"] for f in frames] == list(range(1, attached["last_seq"] + 1))
+        assert frames[: len(before)] == before
+    finally:
+        setup.stop()

@@ -1,4 +1,4 @@
-"""Live delivery across nodes: one ``XREAD BLOCK`` loop over the fan-out streams.
+"""Live delivery across nodes: ``XREAD BLOCK`` loops over the fan-out streams.
 
 Every append (and every event that is not in the log) also lands in its
 partition's fan-out stream. Each node reads all of them in one loop (16
@@ -6,12 +6,15 @@ keys in one call; SCALEOUT measured 0.4-0.5 ms median delivery) and hands
 what other nodes wrote to its own subscribers through the hub, where the
 cursor rule drops duplicates and turns gaps into catch-ups from the log.
 What this node wrote itself it already fanned out when its commit returned.
+On a Redis Cluster one call cannot span hash slots, so there is one loop
+per partition, each on the shard that holds it.
 
-When the feed breaks (Redis restarting, a network blip), nothing is lost:
-once Redis answers again the loop fixes its new start (Redis's clock) and
-only then sends every local cursor behind, to catch up from the chat logs:
-the logs hold everything before that start, the feed everything after. No PubSub: it
-drops what is published while a node reconnects.
+When a loop breaks (Redis restarting, a network blip), nothing is lost:
+once Redis answers again the loop fixes its new start (Redis's clock, the
+shard's own on a Cluster) and only then sends the local cursors of its
+partitions behind, to catch up from the chat logs: the logs hold everything
+before that start, the feed everything after. No PubSub: it drops what is
+published while a node reconnects.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..core.events import AgentEvent
 from ..core.hub import ChatHub, Subscriber
 from ..store._coredis import Call, RedisLink, Script
 from ..store.base import StoreError
-from ..store.redis_layout import Layout
+from ..store.redis_layout import Layout, partition_of
 from ..wire.frames import text_frame
 
 __all__ = ["PartitionFeed"]
@@ -54,22 +57,35 @@ class PartitionFeed:
     #: Why the feed does not work now, or None (``/healthz``).
     degraded_reason: str | None = attrs.field(default=None, init=False)
     on_health: Callable[[str | None], None] | None = None
+    #: A Redis Cluster: one loop per partition instead of one for all.
+    cluster: bool = False
+    #: The loops that fail now (by their first partition).
+    _failing: set[int] = attrs.field(factory=set, init=False)
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        streams = [self.layout.fan(p) for p in range(self.layout.partitions)]
+        every = list(range(self.layout.partitions))
+        groups = [[p] for p in every] if self.cluster else [every]
+        async with trio.open_nursery() as nursery:
+            for group in groups:
+                nursery.start_soon(self._follow, group)
+            task_status.started()
+
+    async def _follow(self, partitions: list[int]) -> None:
+        """Read the fan-out streams of ``partitions`` for good."""
+        streams = [self.layout.fan(p) for p in partitions]
+        loop = partitions[0]
         last: dict[str, str] = {}
         failures = 0
         resync = False
-        task_status.started()
         while True:
             try:
                 if not last:
                     # From now on, by Redis's clock (entry ids are its
                     # milliseconds): "$" would skip what arrives between two
-                    # reads.
-                    now = await self.link().run(Call(_TIME, [], []))
+                    # reads. The stream named routes the call to its shard.
+                    now = await self.link().run(Call(_TIME, streams[:1], []))
                     since = f"{int(now[0]) * 1000 + int(now[1]) // 1000}-0"
                     last = dict.fromkeys(streams, since)
                     if resync:
@@ -79,25 +95,25 @@ class PartitionFeed:
                         # Redis was still away would miss what was written
                         # in between.
                         resync = False
-                        self._everyone_behind()
+                        self._everyone_behind(partitions)
                 answer = await self.link().xread(
                     last, count=READ_COUNT, block_ms=BLOCK_MS
                 )
             except StoreError as exc:
                 failures += 1
-                self._degrade(str(exc))
+                self._degrade(loop, str(exc))
                 # Entries written while we were away may be gone (or the
                 # streams may have started again): catch up from the logs,
                 # at once (what can be read now) and again once the feed
                 # has a new start.
                 last = {}
                 resync = True
-                self._everyone_behind()
+                self._everyone_behind(partitions)
                 await trio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
                 continue
             if failures:
                 failures = 0
-                self._recover()
+                self._recover(loop)
             for stream, entries in answer:
                 for entry_id, fields in entries:
                     last[stream] = entry_id
@@ -125,8 +141,12 @@ class PartitionFeed:
                 return
         self.hub.broadcast(chat_id, text_frame(payload))
 
-    def _everyone_behind(self) -> None:
+    def _everyone_behind(self, partitions: list[int]) -> None:
+        mine = set(partitions)
+        count = self.layout.partitions
         for chat_id, chat in self.hub.chats.items():
+            if len(mine) < count and partition_of(chat_id, count) not in mine:
+                continue
             for sub, cursor in chat.subscribers.items():
                 # Those already catching up too: a read that began before
                 # the feed's new start must not be the one that ends it. And
@@ -134,15 +154,17 @@ class PartitionFeed:
                 cursor.lost_track()
                 sub.fell_behind(chat_id)
 
-    def _degrade(self, reason: str) -> None:
-        if self.degraded_reason is None:
+    def _degrade(self, loop: int, reason: str) -> None:
+        if not self._failing:
             log.error("redis feed: %s; retrying", reason)
             if self.on_health is not None:
                 self.on_health(reason)
+        self._failing.add(loop)
         self.degraded_reason = f"redis feed: {reason}"
 
-    def _recover(self) -> None:
-        if self.degraded_reason is not None:
+    def _recover(self, loop: int) -> None:
+        self._failing.discard(loop)
+        if not self._failing and self.degraded_reason is not None:
             log.warning("redis feed works again")
             self.degraded_reason = None
             if self.on_health is not None:

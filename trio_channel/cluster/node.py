@@ -108,7 +108,12 @@ class ClusterNode:
             return store.link
 
         self.feed = PartitionFeed(
-            link, store.layout, store.node, self.hub, on_health=self.on_health
+            link,
+            store.layout,
+            store.node,
+            self.hub,
+            on_health=self.on_health,
+            cluster=store.on_cluster,
         )
         self.inbox = PartitionInbox(
             link,

@@ -1,8 +1,8 @@
 """Session stores: the interface (:mod:`.base`) and its implementations.
 
 :func:`open_store` picks one from the configuration: ``sqlite`` (the
-default, a file in ``data_dir``), ``memory`` (nothing is kept) or a
-``redis://`` URL (several daemons share it).
+default, a file in ``data_dir``), ``memory`` (nothing is kept) or a Redis
+URL (several daemons share it; :mod:`.redis_url` says which kinds).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from ..config import ChannelConfig
 from .base import SessionStore
 from .memory import MemoryStore
+from .redis_url import is_redis_url
 from .sqlite import SqliteStore
 
 __all__ = ["STORE_FILE", "open_store"]
@@ -24,7 +25,7 @@ def open_store(cfg: ChannelConfig) -> SessionStore:
     """The store ``cfg.session_store`` names (run it with ``nursery.start``)."""
     if cfg.session_store == "memory":
         return MemoryStore(history_limit=cfg.history_limit)
-    if cfg.session_store.startswith(("redis://", "rediss://")):
+    if is_redis_url(cfg.session_store):
         # Imported only here: coredis is a third of the daemon's import time.
         from .redis import RedisStore
 

@@ -28,17 +28,20 @@ an answer Redis refused (a bug, or a full Redis).
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Final
 
 import attrs
 import trio
 
 from .base import StoreError
+from .redis_url import RedisTarget, parse_redis_url
 
 try:
     import coredis
+    from coredis.connection import TCPLocation
     from coredis.exceptions import (
         ConnectionError as _ConnectionError,
     )
@@ -71,6 +74,10 @@ RENEW_INTERVAL_S: Final = 1.0
 #: own timeouts cover a connection that answers slowly, not one that the
 #: client's renewal closed under a call, which then waited forever.
 CALL_TIMEOUT_S: Final = STREAM_TIMEOUT_S + CONNECT_TIMEOUT_S
+#: Connections per Redis server (coredis's own default for one server). A
+#: node holds a blocking read per feed loop and per owned inbox: 33 of them
+#: at most with 16 partitions on a Cluster.
+MAX_CONNECTIONS: Final = 64
 #: What coredis says to a call on a client whose pool was closed (renewed).
 _POOL_CLOSED: Final = "Connection pool is not initialized or has exited"
 
@@ -80,8 +87,25 @@ def available() -> bool:
     return coredis is not None
 
 
+#: Refusals that mean "not now" rather than "never": a primary that a
+#: failover just turned into a replica (READONLY) until the client finds the
+#: new one, a server loading its data, a Cluster or Sentinel between two
+#: states. They are retried, and a client on a demoted primary is renewed.
+_TRANSIENT_REFUSALS: Final = (
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+)
+
+
 def _as_store_error(exc: BaseException, what: str) -> StoreError:
-    transient = not isinstance(exc, _ResponseError) or isinstance(exc, _ConnectionError)
+    transient = (
+        not isinstance(exc, _ResponseError)
+        or isinstance(exc, _ConnectionError)
+        or str(exc).startswith(_TRANSIENT_REFUSALS)
+    )
     return StoreError(f"redis: {what}: {exc}", transient=transient)
 
 
@@ -116,8 +140,20 @@ class RedisLink:
 
     url: str
     client: Any = None
+    target: RedisTarget = attrs.field(init=False)
     _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
     _renew: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            self.target = parse_redis_url(self.url)
+        except ValueError as exc:
+            raise StoreError(f"redis: bad URL: {exc}", transient=False) from exc
+
+    @property
+    def cluster(self) -> bool:
+        """A Redis Cluster: one call reaches one hash slot (one partition)."""
+        return self.target.topology == "cluster"
 
     @classmethod
     @asynccontextmanager
@@ -140,18 +176,36 @@ class RedisLink:
             yield link
             nursery.cancel_scope.cancel()
 
-    def _new_client(self) -> Any:
+    def _new_client(self) -> AbstractAsyncContextManager[Any]:
+        """A client not yet entered: entering it yields the client to call."""
+        target = self.target
+        common: dict[str, Any] = {
+            "retry_policy": NoRetryPolicy(),
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "stream_timeout": STREAM_TIMEOUT_S,
+            "decode_responses": False,
+        }
         try:
-            return coredis.Redis.from_url(
-                self.url,
-                retry_policy=NoRetryPolicy(),
-                connect_timeout=CONNECT_TIMEOUT_S,
-                stream_timeout=STREAM_TIMEOUT_S,
-                pool_timeout=POOL_TIMEOUT_S,
-                decode_responses=False,
-            )
+            if target.topology == "standalone":
+                client: Any = coredis.Redis.from_url(
+                    self.url, pool_timeout=POOL_TIMEOUT_S, **common
+                )
+                return client  # type: ignore[no-any-return]
+            if target.topology == "cluster":
+                client = coredis.RedisCluster(
+                    startup_nodes=[TCPLocation(h, p) for h, p in target.nodes],
+                    username=target.username,
+                    password=target.password,
+                    ssl=target.tls,
+                    max_connections=MAX_CONNECTIONS,
+                    max_connections_per_node=True,
+                    pool_timeout=POOL_TIMEOUT_S,
+                    **common,
+                )
+                return client  # type: ignore[no-any-return]
         except (ValueError, TypeError) as exc:
             raise StoreError(f"redis: bad URL: {exc}", transient=False) from exc
+        return _sentinel_primary(target, common)
 
     async def _keep_client(
         self, client: Any, *, task_status: trio.TaskStatus[None]
@@ -163,26 +217,31 @@ class RedisLink:
         their deadline) instead of on a pool closed under them.
         """
         async with trio.open_nursery() as holders:
-            release = await holders.start(self._hold, client)
-            self.client, self._scripts, self._renew = client, {}, trio.Event()
+            entered, release = await holders.start(self._hold, client)
+            self.client, self._scripts, self._renew = entered, {}, trio.Event()
             task_status.started()
             while True:
                 born = trio.current_time()
                 await self._renew.wait()
                 await trio.sleep_until(born + RENEW_INTERVAL_S)
-                fresh = self._new_client()
-                fresh_release = await holders.start(self._hold, fresh)
+                fresh, fresh_release = await holders.start(
+                    self._hold, self._new_client()
+                )
                 self.client, self._scripts, self._renew = fresh, {}, trio.Event()
                 log.info("redis: connections lost; renewing the client")
                 holders.start_soon(_release_later, release)
                 release = fresh_release
 
     @staticmethod
-    async def _hold(client: Any, *, task_status: trio.TaskStatus[trio.Event]) -> None:
+    async def _hold(
+        client: AbstractAsyncContextManager[Any],
+        *,
+        task_status: trio.TaskStatus[tuple[Any, trio.Event]],
+    ) -> None:
         """Keep ``client`` entered until the event it reports is set."""
         release = trio.Event()
-        async with client:
-            task_status.started(release)
+        async with client as entered:
+            task_status.started((entered, release))
             await release.wait()
 
     def _failed(self, exc: BaseException, what: str, client: Any) -> StoreError:
@@ -221,8 +280,9 @@ class RedisLink:
         """Run scripts in one pipeline, in order; each result or its error.
 
         A refused script (``redis.error_reply``) comes back as an exception
-        *value* in its place; a lost connection raises :class:`StoreError`
-        for the whole batch (some of it may have run: callers retry with the
+        *value* in its place; a lost connection or a "not now" refusal
+        (READONLY after a failover, LOADING) raises :class:`StoreError` for
+        the whole batch (some of it may have run: callers retry with the
         same ids).
         """
         if not calls:
@@ -241,8 +301,9 @@ class RedisLink:
         except _CALL_ERRORS as exc:
             raise self._failed(exc, "pipeline", client) from exc
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, _ResponseError
+            if isinstance(result, BaseException) and (
+                not isinstance(result, _ResponseError)
+                or str(result).startswith(_TRANSIENT_REFUSALS)
             ):
                 raise self._failed(result, "pipeline", client)
         return results
@@ -297,6 +358,40 @@ class RedisLink:
         except _CALL_ERRORS as exc:
             raise self._failed(exc, "get", client) from exc
         return value if value is None else bytes(value)
+
+
+@asynccontextmanager
+async def _sentinel_primary(
+    target: RedisTarget, common: dict[str, Any]
+) -> AsyncIterator[Any]:
+    """The primary the Sentinels name, looked up again for each connection
+    (coredis's Sentinel pool): after a failover, the link's renewal makes
+    new connections, which find the new primary."""
+    # TLS to the Sentinels and the data nodes alike, verified against the
+    # system's certificate authorities.
+    tls = ssl.create_default_context() if target.tls else None
+    sentinel_options = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "stream_timeout": STREAM_TIMEOUT_S,
+        "ssl_context": tls,
+    }
+    sentinel = coredis.Sentinel(
+        [TCPLocation(h, p) for h, p in target.nodes],
+        sentinel_kwargs=sentinel_options,
+        **common,
+    )
+    async with sentinel:
+        primary = sentinel.primary_for(
+            target.service,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            ssl_context=tls,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_TIMEOUT_S,
+        )
+        async with primary:
+            yield primary
 
 
 async def _release_later(release: trio.Event) -> None:

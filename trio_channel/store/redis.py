@@ -31,6 +31,7 @@ import attrs
 import msgspec
 import trio
 
+from ..config import masked_url
 from . import redis_scripts as lua
 from ._coredis import Call, RedisLink, Script
 from .base import (
@@ -50,6 +51,7 @@ from .base import (
     new_epoch,
 )
 from .redis_layout import CONF_KEY, PROBE_KEY, Layout
+from .redis_url import parse_redis_url
 
 __all__ = ["RedisStore"]
 
@@ -93,7 +95,16 @@ class RedisStore:
 
     def __attrs_post_init__(self) -> None:
         self.layout = Layout(self.partitions)
-        self.description = f"redis {_masked(self.url)} ({self.partitions} partitions)"
+        shown = masked_url(self.url)
+        self.description = f"redis {shown} ({self.partitions} partitions)"
+
+    @property
+    def on_cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster (one feed loop per partition)."""
+        try:
+            return parse_redis_url(self.url).topology == "cluster"
+        except ValueError:  # the link refuses it, saying why
+            return False
 
     @property
     def link(self) -> RedisLink:
@@ -315,13 +326,6 @@ class RedisStore:
                 )
             )
         return messages
-
-
-def _masked(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "********@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 def _str(value: Any) -> str:
