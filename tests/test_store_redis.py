@@ -59,6 +59,26 @@ async def test_a_stale_fence_is_refused(
     assert [seq for seq, _ in page.events] == [1, 2]
 
 
+async def test_writes_go_on_after_redis_forgot_its_scripts(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """Scripts run by SHA, loaded once per client: a Redis that lost them (a
+    restart the pool reconnected through, a failover to a replica) gets them
+    all again, and the write that found them gone runs once, in order."""
+    await redis_store.write([event("c", 1)])
+    assert (await redis_store.chat("c")) is not None
+    for flushes in range(2):
+        assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+        if flushes:  # a lone script call finds them gone too
+            assert (await redis_store.chat("c")) is not None
+        results = await redis_store.write(
+            [event("c", 2 + 2 * flushes), event("c", 3 + 2 * flushes)]
+        )
+        assert [r.seq for r in results] == [2 + 2 * flushes, 3 + 2 * flushes]  # type: ignore[union-attr]
+    page = await redis_store.read_events("c", 0, 10)
+    assert [seq for seq, _ in page.events] == [1, 2, 3, 4, 5]
+
+
 async def test_the_turn_end_acknowledges_its_message(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:

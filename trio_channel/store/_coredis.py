@@ -27,9 +27,10 @@ an answer Redis refused (a bug, or a full Redis).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Final
 
@@ -44,6 +45,9 @@ try:
     from coredis.connection import TCPLocation
     from coredis.exceptions import (
         ConnectionError as _ConnectionError,
+    )
+    from coredis.exceptions import (
+        NoScriptError as _NoScript,
     )
     from coredis.exceptions import (
         RedisError as _RedisError,
@@ -123,6 +127,11 @@ class Script:
 
     name: str
     source: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
 
 
 @attrs.frozen
@@ -141,7 +150,10 @@ class RedisLink:
     url: str
     client: Any = None
     target: RedisTarget = attrs.field(init=False)
-    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
+    #: Every script this link has run, by name; all of them are loaded on
+    #: ``_loaded_on`` (the current client, or None until they are).
+    _known: dict[str, Script] = attrs.field(factory=dict, init=False)
+    _loaded_on: Any = attrs.field(default=None, init=False)
     _renew: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -218,7 +230,7 @@ class RedisLink:
         """
         async with trio.open_nursery() as holders:
             entered, release = await holders.start(self._hold, client)
-            self.client, self._scripts, self._renew = entered, {}, trio.Event()
+            self.client, self._renew = entered, trio.Event()
             task_status.started()
             while True:
                 born = trio.current_time()
@@ -227,7 +239,7 @@ class RedisLink:
                 fresh, fresh_release = await holders.start(
                     self._hold, self._new_client()
                 )
-                self.client, self._scripts, self._renew = fresh, {}, trio.Event()
+                self.client, self._renew = fresh, trio.Event()
                 log.info("redis: connections lost; renewing the client")
                 holders.start_soon(_release_later, release)
                 release = fresh_release
@@ -257,24 +269,47 @@ class RedisLink:
             self._renew.set()
         return error
 
-    def _registered(self, script: Script) -> Any:
-        registered = self._scripts.get(script.name)
-        if registered is None:
-            registered = self._scripts[script.name] = self.client.register_script(
-                script.source
-            )
-        return registered
+    async def _load(self, client: Any, scripts: Iterable[Script]) -> None:
+        """Have every known script, and ``scripts``, loaded on ``client``.
+
+        Loaded once per client and then run by SHA (``EVALSHA``): coredis's
+        own script objects ask ``SCRIPT EXISTS`` before every pipeline, one
+        more round trip per write. All of them are loaded together, so a
+        Redis that lost its scripts (a restart, a failover to a replica) gets
+        all of them back at once, never a few that another node used first.
+        """
+        new = [s for s in scripts if s.name not in self._known]
+        if not new and self._loaded_on is client:
+            return
+        self._known.update((s.name, s) for s in new)
+        for script in list(self._known.values()):
+            await client.script_load(script.source)
+        self._loaded_on = client
+
+    def _scripts_gone(self, client: Any) -> None:
+        """NOSCRIPT: Redis forgot them (restarted, failed over); load again."""
+        if self._loaded_on is client:
+            self._loaded_on = None
 
     async def run(self, call: Call) -> Any:
         """Run one script; raises :class:`StoreError`."""
         client = self.client
         try:
             with _bounded(CALL_TIMEOUT_S):
-                return await self._registered(call.script)(
-                    keys=list(call.keys), args=list(call.args)
-                )
+                for attempt in (1, 2):
+                    await self._load(client, [call.script])
+                    try:
+                        return await client.evalsha(
+                            call.script.sha, keys=list(call.keys), args=list(call.args)
+                        )
+                    except _NoScript:
+                        # It did not run: load the scripts again and retry.
+                        self._scripts_gone(client)
+                        if attempt == 2:
+                            raise
         except _CALL_ERRORS as exc:
             raise self._failed(exc, call.script.name, client) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def run_all(self, calls: Sequence[Call]) -> list[Any]:
         """Run scripts in one pipeline, in order; each result or its error.
@@ -290,23 +325,34 @@ class RedisLink:
         client = self.client
         try:
             with _bounded(CALL_TIMEOUT_S):
-                async with client.pipeline(
-                    transaction=False, raise_on_error=False
-                ) as pipe:
-                    for call in calls:
-                        self._registered(call.script)(
-                            keys=list(call.keys), args=list(call.args), client=pipe
-                        )
-            results = list(pipe.results or ())
+                results = await self._pipeline(client, calls)
+                if all(isinstance(r, _NoScript) for r in results):
+                    # Nothing ran: Redis forgot the scripts. Load, once more.
+                    self._scripts_gone(client)
+                    results = await self._pipeline(client, calls)
         except _CALL_ERRORS as exc:
             raise self._failed(exc, "pipeline", client) from exc
         for result in results:
+            if isinstance(result, _NoScript):
+                # Some ran and some did not (scripts flushed mid-pipeline):
+                # the caller retries the batch with the same ids.
+                self._scripts_gone(client)
+                raise StoreError("redis pipeline: scripts were flushed", transient=True)
             if isinstance(result, BaseException) and (
                 not isinstance(result, _ResponseError)
                 or str(result).startswith(_TRANSIENT_REFUSALS)
             ):
                 raise self._failed(result, "pipeline", client)
         return results
+
+    async def _pipeline(self, client: Any, calls: Sequence[Call]) -> list[Any]:
+        await self._load(client, {c.script.name: c.script for c in calls}.values())
+        async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            for call in calls:
+                pipe.evalsha(
+                    call.script.sha, keys=list(call.keys), args=list(call.args)
+                )
+        return list(pipe.results or ())
 
     async def xread(
         self, streams: Mapping[str, str], *, count: int, block_ms: int
