@@ -100,9 +100,11 @@ def bench(session: nox.Session) -> None:
     See docs/benchmarks.md. Not part of the default sessions: it takes about
     8 minutes on 2 cores. ``nox -s bench -- --quick`` is a 90-second smoke
     run, ``-- --only KEY ...`` runs chosen rows (``--only chats_rss``: the
-    chat-metadata memory scenario, a few minutes).
+    chat-metadata memory scenario, a few minutes; ``--only two_nodes``: two
+    daemons over one Redis against one over SQLite).
     """
-    session.install("-e", ".", "websockets", "psutil")
+    # The redis extra for the two-node rows (redis-server from Debian).
+    session.install("-e", ".[redis]", "websockets", "psutil")
     _npm_ci(session)
     nanobot = _nanobot_python(session)
     session.run(

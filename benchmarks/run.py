@@ -35,7 +35,9 @@ The durability rows run trio_channel alone with ``--session-store memory``,
 the default store and ``--sqlite-synchronous full``, and report the last two
 as ratios to the first; flags the daemon does not have (``serve --help``)
 are shown as "not available yet". ``--only chats_rss`` runs the chat
-metadata memory scenario instead (``chats_rss.py``).
+metadata memory scenario instead (``chats_rss.py``). The two-node rows
+(``two_nodes.py``: two daemons over one Redis against one over SQLite) run
+in a full run and with ``--only two_nodes``.
 
 Every child inherits this process's raised RLIMIT_NOFILE; only loopback is
 used; every subprocess has a timeout.
@@ -1197,6 +1199,7 @@ def report_text(
     chats: dict[str, Any] | None,
     servers: Sequence[str],
     markdown: bool,
+    nodes: dict[str, Any] | None = None,
 ) -> str:
     """Every table of the run, with its captions and footnotes."""
     parts = []
@@ -1220,6 +1223,14 @@ def report_text(
             "\nChat metadata: server RSS while chats are created (sqlite store):\n"
         )
         parts.append(chats_rss.table(chats, markdown))
+    if nodes:
+        import two_nodes
+
+        parts.append(
+            "\nSeveral daemons: two nodes over one Redis against one over SQLite"
+            " (two_nodes.py):\n"
+        )
+        parts.append(two_nodes.table(nodes, markdown))
     footnotes = notes(rows + store)
     if footnotes:
         parts.append("\n" + "\n".join(footnotes))
@@ -1324,6 +1335,7 @@ def main(argv: list[str] | None = None) -> int:
                 old.get("chats_rss"),
                 old["servers"],
                 markdown=True,
+                nodes=old.get("two_nodes"),
             )
         )
         return 0
@@ -1348,7 +1360,7 @@ def main(argv: list[str] | None = None) -> int:
     main_rows = scenarios(args.quick)
     store_rows = durability_scenarios(args.quick, features)
     known = [s.key for s in scenarios(False)] + [s.key for s in store_rows]
-    known.append("chats_rss")
+    known += ["chats_rss", "two_nodes"]
     if args.only:
         unknown = [k for k in args.only if k not in known]
         if unknown:
@@ -1395,6 +1407,11 @@ def main(argv: list[str] | None = None) -> int:
                 vruns[variant.name].append(result)
                 _progress(ds.key, rep, reps, variant.name, result)
         store.append(summarize_durability(ds, vruns))
+    nodes = None
+    if not args.only or "two_nodes" in args.only:
+        import two_nodes
+
+        nodes = two_nodes.measure_all(tools, quick=args.quick, reps=reps)
     chats = None
     if args.only and "chats_rss" in args.only:
         import chats_rss
@@ -1409,11 +1426,12 @@ def main(argv: list[str] | None = None) -> int:
         scenarios=rows,
         durability=store,
         chats_rss=chats,
+        two_nodes=nodes,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     for markdown in (False, True):
-        text = report_text(rows, store, chats, servers, markdown)
+        text = report_text(rows, store, chats, servers, markdown, nodes)
         if markdown:
             md = args.output.with_suffix(".md")
             md.write_text(text + "\n")
@@ -1421,7 +1439,8 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
     reps_text = f"{reps} repetition(s), " if rows or store else ""
     print(
-        f"\n{len(rows) + len(store) + (1 if chats else 0)} scenarios, "
+        f"\n{len(rows) + len(store) + (1 if chats else 0) + (1 if nodes else 0)}"
+        " scenarios, "
         f"{reps_text}{elapsed:.0f} s; details in {args.output} "
         f"(tables also in {args.output.with_suffix('.md')})"
     )
