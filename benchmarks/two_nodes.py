@@ -29,9 +29,10 @@ Rows:
   node owns the chat's partition, and the other node's copy comes through
   its feed (on one node, two subscribers of one daemon).
 
-Beside them: the daemons' CPU per round trip (one client) and the commands
-Redis ran per message turn (``INFO commandstats``, which counts the
-commands inside our Lua scripts too).
+Beside them: the daemons' CPU per round trip (one client), and the commands
+Redis ran and the CPU its main thread used per message turn (``INFO
+commandstats``, which counts the commands inside our Lua scripts too, and
+``INFO cpu``), both from the latency row, whose messages run one at a time.
 """
 
 from __future__ import annotations
@@ -136,6 +137,19 @@ def redis_commands(port: int | None) -> int:
         return 0
     stats = _command(port, "INFO", "commandstats").decode()
     return sum(int(n) for n in re.findall(r"calls=(\d+)", stats))
+
+
+def redis_cpu(port: int | None) -> float:
+    """Seconds of CPU Redis's main thread has used so far (``INFO cpu``)."""
+    if port is None:
+        return 0.0
+    info = _command(port, "INFO", "cpu").decode()
+    fields = dict(re.findall(r"(used_cpu_\w+):([\d.]+)", info))
+    if "used_cpu_user_main_thread" in fields:
+        return float(fields["used_cpu_user_main_thread"]) + float(
+            fields["used_cpu_sys_main_thread"]
+        )
+    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
 @contextlib.contextmanager
@@ -346,10 +360,12 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
                 client_before = resource.getrusage(resource.RUSAGE_SELF)
                 server_before = _cpu(servers)
                 commands_before = redis_commands(redis_port)
+                redis_cpu_before = redis_cpu(redis_port)
                 started = time.perf_counter()
                 value = asyncio.run(work())
                 elapsed = time.perf_counter() - started
                 commands = redis_commands(redis_port) - commands_before
+                redis_seconds = redis_cpu(redis_port) - redis_cpu_before
                 client_after = resource.getrusage(resource.RUSAGE_SELF)
                 client_cpu = (
                     client_after.ru_utime
@@ -364,6 +380,8 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
                         (_cpu(servers) - server_before) / elapsed, 2
                     ),
                     "redis_commands": commands,
+                    "redis_cpu_s": round(redis_seconds, 4),
+                    "redis_cpu_util": round(redis_seconds / elapsed, 3),
                 }
             alive = all(s.alive() for s in servers)
             if not alive:
@@ -406,8 +424,19 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["server_cpu_ms_per_rt"] = statistics.median(
         r["rtt_1"]["server_cpu_util"] / r["rtt_1"]["value"] * 1000 for r in good
     )
+    out["server_cpu_ms_per_rt_20"] = statistics.median(
+        r["rtt_20"]["server_cpu_util"] / r["rtt_20"]["value"] * 1000 for r in good
+    )
     out["redis_commands_per_message"] = statistics.median(
         r["latency"]["redis_commands"] / r["latency_messages"] for r in good
+    )
+    # And under load: Redis CPU per round trip with 20 clients (the
+    # pipelines batch), which is what sets how many nodes one Redis serves.
+    out["redis_cpu_ms_per_rt_20"] = statistics.median(
+        r["rtt_20"]["redis_cpu_util"] / r["rtt_20"]["value"] * 1000 for r in good
+    )
+    out["redis_cpu_ms_per_message"] = statistics.median(
+        r["latency"]["redis_cpu_s"] / r["latency_messages"] * 1000 for r in good
     )
     return out
 
@@ -425,7 +454,10 @@ ROWS = (
     ("hop_p50_ms", "the two subscribers' copies apart, p50 ms", "ms"),
     ("hop_p99_ms", "the two subscribers' copies apart, p99 ms", "ms"),
     ("server_cpu_ms_per_rt", "server CPU per round trip (1 client), ms", "ms"),
+    ("server_cpu_ms_per_rt_20", "server CPU per round trip (20 clients), ms", "ms"),
     ("redis_commands_per_message", "Redis commands per turn (scripts' too)", "ms"),
+    ("redis_cpu_ms_per_message", "Redis CPU per turn (main thread), ms", "ms"),
+    ("redis_cpu_ms_per_rt_20", "Redis CPU per round trip, 20 clients, ms", "ms"),
 )
 
 

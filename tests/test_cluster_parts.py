@@ -26,7 +26,8 @@ def test_partitions_are_stable_and_keys_share_their_hash_tag() -> None:
     assert spread == set(range(16))
     keys = Layout(16).chat("chat-1")
     tag = f"{{{keys.partition}}}"
-    for key in (keys.meta, keys.log, keys.eids, keys.users, keys.fan, keys.inbox):
+    chat = (keys.meta, keys.log, keys.eids, keys.users, keys.recent)
+    for key in (*chat, keys.fan, keys.inbox):
         assert tag in key  # one slot: one script may touch them all
 
 

@@ -112,6 +112,29 @@ async def test_a_retried_user_message_is_stored_once(redis_store: RedisStore) ->
     assert [m.content for m in await redis_store.user_messages("c")] == ["once"]
 
 
+async def test_a_retry_finds_its_message_among_the_last_32(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    def message(n: int) -> AppendUserMessage:
+        return AppendUserMessage("c", float(n), "me", f"m{n}", message_id=f"m-{n}")
+
+    await redis_store.write([message(0), event("c", 1), event("c", 2)])
+    await redis_store.write([message(n) for n in range(1, 32)])
+    # m-0 is the 32nd newest: a retry answers where it went (after seq 0).
+    (retried,) = await redis_store.write([message(0)])
+    assert isinstance(retried, StoredUserMessage) and retried.after_seq == 0
+    contents = [m.content for m in await redis_store.user_messages("c")]
+    assert contents == [f"m{n}" for n in range(32)]
+    # The window is 32 ids long; the list keeps no more, and slides with the
+    # chat's TTL like every other key of it.
+    keys = redis_store.layout.chat("c")
+    await redis_store.write([message(32)])
+    assert redis_server.command("LLEN", keys.recent) == b":32\r\n"
+    assert redis_server.command("LPOS", keys.recent, "m-0") == b"$-1\r\n"
+    pttl = redis_server.command("PTTL", keys.recent)
+    assert 0 < int(pttl[1:].split(b"\r")[0]) <= redis_store.chat_ttl_s * 1000
+
+
 async def test_a_chat_slides_its_ttl_and_comes_back_with_a_new_epoch(
     redis_store: RedisStore, redis_server: RedisServer
 ) -> None:
@@ -120,7 +143,9 @@ async def test_a_chat_slides_its_ttl_and_comes_back_with_a_new_epoch(
     ttl = int(redis_server.command("PTTL", keys.meta)[1:].split(b"\r")[0])
     assert 0 < ttl <= redis_store.chat_ttl_s * 1000
     # Expiry, as Redis does it: every key of the chat goes.
-    redis_server.command("DEL", keys.meta, keys.log, keys.eids, keys.users)
+    redis_server.command(
+        "DEL", keys.meta, keys.log, keys.eids, keys.users, keys.recent
+    )
     assert await redis_store.chat("c") is None
     (second,) = await redis_store.write([event("c", 2)])
     assert isinstance(first, Appended) and isinstance(second, Appended)

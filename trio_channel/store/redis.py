@@ -159,7 +159,7 @@ class RedisStore:
 
     def _call(self, op: StoreOp) -> Call:
         keys = self.layout.chat(op.chat_id)
-        chat = [keys.meta, keys.log, keys.eids, keys.users]
+        chat = [keys.meta, keys.log, keys.eids, keys.users, keys.recent]
         ttl = int(self.chat_ttl_s * 1000)
         if isinstance(op, AppendEvent):
             return Call(

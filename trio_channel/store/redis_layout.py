@@ -42,6 +42,7 @@ class ChatKeys:
     log: str
     eids: str
     users: str
+    recent: str
     fan: str
     inbox: str
     sessions: str
@@ -65,6 +66,7 @@ class Layout:
             log=f"{base}:log",
             eids=f"{base}:eids",
             users=f"{base}:users",
+            recent=f"{base}:recent",
             fan=self.fan(partition),
             inbox=self.inbox(partition),
             sessions=self.sessions(partition),
