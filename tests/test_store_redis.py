@@ -143,9 +143,7 @@ async def test_a_chat_slides_its_ttl_and_comes_back_with_a_new_epoch(
     ttl = int(redis_server.command("PTTL", keys.meta)[1:].split(b"\r")[0])
     assert 0 < ttl <= redis_store.chat_ttl_s * 1000
     # Expiry, as Redis does it: every key of the chat goes.
-    redis_server.command(
-        "DEL", keys.meta, keys.log, keys.eids, keys.users, keys.recent
-    )
+    redis_server.command("DEL", keys.meta, keys.log, keys.eids, keys.users, keys.recent)
     assert await redis_store.chat("c") is None
     (second,) = await redis_store.write([event("c", 2)])
     assert isinstance(first, Appended) and isinstance(second, Appended)
