@@ -2,7 +2,8 @@
 
 The same echo contract as the built-in echo agent (``trio_channel/agents/
 echo.py``) — ``goal_status`` running; a ``message`` echoing the content, or
-for ``stream:N`` N ``delta`` events and a ``stream_end``; ``turn_end`` with
+for ``stream:N`` (or ``stream:N@MS``, MS ms apart) N ``delta`` events and a
+``stream_end``; ``turn_end`` with
 ``latency_ms``; ``goal_status`` idle — but written the way a real agent
 sends, and the way the nanobot harness (``nanobot_server.py``) sends too:
 
@@ -43,7 +44,9 @@ from trio_channel import (
 MAX_STREAM_DELTAS = 10_000
 MAX_CONCURRENT_TURNS = 64
 
-_STREAM_RE = re.compile(r"stream:(\d{1,6})")
+#: ``stream:N`` or ``stream:N@MS``: N deltas, the second form MS ms apart
+#: (a model's pace; two_nodes.py), the first as fast as the server takes them.
+_STREAM_RE = re.compile(r"stream:(\d{1,6})(?:@(\d{1,4}))?")
 
 
 async def bench_agent(
@@ -113,6 +116,7 @@ async def answer(
     stream = _STREAM_RE.fullmatch(content)
     if stream and 1 <= int(stream.group(1)) <= MAX_STREAM_DELTAS:
         count = int(stream.group(1))
+        pace_s = int(stream.group(2) or 0) / 1000
         if message.metadata.get("streaming", True):
             stream_id = uuid.uuid4().hex
             for i in range(1, count + 1):
@@ -120,6 +124,8 @@ async def answer(
                     Delta(chat_id=chat_id, text=f"chunk {i} ", stream_id=stream_id)
                 )
                 await _taken(outbound)
+                if pace_s:
+                    await trio.sleep(pace_s)
             await outbound.send(StreamEnd(chat_id=chat_id, stream_id=stream_id))
         else:
             text = "".join(f"chunk {i} " for i in range(1, count + 1))

@@ -20,8 +20,15 @@ Rows:
 
 - round trips/s: ``message`` until the agent's ``message`` comes back, one
   client, then 20 (on two nodes, half of them on each);
+- streams/s: 10 clients (half on each node) send ``stream:50`` (50
+  deltas, then ``stream_end``) and wait for ``turn_end``, again and again;
+  then 20 clients send ``stream:50@5``, the same 50 deltas 5 ms apart, a
+  model's pace (200 tokens/s), where what joins is what the
+  ``redis_delta_window_s`` gathers (``--delta-window 0`` measures without);
 - fan-out: a ``stream:200`` sent on node A to 20 subscribers on node B
-  (on one node, all on it), frames received per second;
+  (on one node, all on it): deltas delivered per second, counted as 200
+  per stream per subscriber once all have its ``turn_end`` (over Redis the
+  deltas arrive joined, ``redis_delta_window_s``: fewer, longer frames);
 - delivery latency: 200 messages one after the other from a client on node
   A; a subscriber on node B (one node: on the same node) gets each reply.
   p50/p99 of send -> the subscriber's copy of the reply, and of how far
@@ -29,10 +36,12 @@ Rows:
   node owns the chat's partition, and the other node's copy comes through
   its feed (on one node, two subscribers of one daemon).
 
-Beside them: the daemons' CPU per round trip (one client), and the commands
-Redis ran and the CPU its main thread used per message turn (``INFO
-commandstats``, which counts the commands inside our Lua scripts too, and
-``INFO cpu``), both from the latency row, whose messages run one at a time.
+Beside them: the daemons' CPU per round trip (one client, 20 clients) and
+per streaming turn, and what Redis spent: the commands it ran (``INFO
+commandstats``, which counts the commands inside our Lua scripts too) and
+the CPU of its main thread (``INFO cpu``), per message turn from the
+latency row (one message at a time), per round trip at 20 clients and per
+streaming turn.
 """
 
 from __future__ import annotations
@@ -63,6 +72,13 @@ SETUPS = (SINGLE, TWO)
 LEASE = ("--redis-lease-ttl", "3")
 #: Leases settle (each node owns its share) before a measurement starts.
 SETTLE_S = 3.0
+#: Streaming turns: this many clients (half on each node) send this.
+STREAM_CLIENTS = 10
+STREAM = "stream:50"
+#: And at a model's pace: 50 deltas 5 ms apart (200 tokens/s), from this
+#: many clients at once.
+PACED = "stream:50@5"
+PACED_CLIENTS = 20
 FANOUT_SUBSCRIBERS = 20
 FANOUT_DELTAS = 200
 LATENCY_MESSAGES = 200
@@ -213,8 +229,12 @@ async def _connect(url: str, name: str) -> Any:
     )
 
 
-async def round_trips(urls: list[str], clients: int, duration: float) -> float:
-    """Round trips per second over ``clients`` clients spread over the nodes."""
+async def round_trips(
+    urls: list[str], clients: int, duration: float, content: str = "x"
+) -> float:
+    """Turns per second over ``clients`` clients spread over the nodes: each
+    sends ``content`` and waits for the turn's end (with ``x``, the echo's
+    ``message`` first), then sends again."""
     sockets = [await _connect(urls[i % 2], f"rt{i}") for i in range(clients)]
     chats = [await _ready(ws) for ws in sockets]
     counts = [0] * clients
@@ -225,9 +245,10 @@ async def round_trips(urls: list[str], clients: int, duration: float) -> float:
         ws, chat = sockets[i], chats[i]
         while not stop.is_set():
             await ws.send(
-                json.dumps({"type": "message", "chat_id": chat, "content": "x"})
+                json.dumps({"type": "message", "chat_id": chat, "content": content})
             )
-            await _until(ws, "message")
+            if content == "x":
+                await _until(ws, "message")
             await _until(ws, "turn_end")
             if measuring.is_set():
                 counts[i] += 1
@@ -247,7 +268,12 @@ async def round_trips(urls: list[str], clients: int, duration: float) -> float:
 
 
 async def fan_out(urls: list[str], reps: int) -> float:
-    """Frames per second that subscribers on node B receive of A's streams."""
+    """Deltas per second that subscribers on node B receive of A's streams.
+
+    Counted as each stream's ``FANOUT_DELTAS`` deltas times the subscribers
+    once every subscriber has the turn's end: with Redis, deltas arrive
+    joined (fewer, longer frames), so frames would not compare.
+    """
     sender = await _connect(urls[0], "sender")
     chat = await _ready(sender)
     subscribers = [
@@ -256,7 +282,6 @@ async def fan_out(urls: list[str], reps: int) -> float:
     for ws in subscribers:
         await _ready(ws)
         await _attach(ws, chat)
-    frames = 0
     elapsed = 0.0
     for _ in range(reps):
         started = time.perf_counter()
@@ -270,21 +295,12 @@ async def fan_out(urls: list[str], reps: int) -> float:
             )
         )
 
-        async def read(ws: Any) -> int:
-            got = 0
-            while True:
-                frame = await _recv(ws)
-                got += 1
-                if frame.get("event") == "turn_end":
-                    return got
-
-        counts = await asyncio.gather(*(read(ws) for ws in subscribers))
+        await asyncio.gather(*(_until(ws, "turn_end") for ws in subscribers))
         elapsed += time.perf_counter() - started
-        frames += sum(counts)
         await _until(sender, "turn_end")
     for ws in (sender, *subscribers):
         await ws.close()
-    return frames / elapsed
+    return reps * FANOUT_DELTAS * FANOUT_SUBSCRIBERS / elapsed
 
 
 async def latency(urls: list[str], messages: int) -> dict[str, float]:
@@ -354,6 +370,11 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
             for key, work in (
                 ("rtt_1", lambda: round_trips(urls, 1, duration)),
                 ("rtt_20", lambda: round_trips(urls, 20, duration)),
+                (
+                    "streams",
+                    lambda: round_trips(urls, STREAM_CLIENTS, duration, STREAM),
+                ),
+                ("paced", lambda: round_trips(urls, PACED_CLIENTS, duration, PACED)),
                 ("fanout", lambda: fan_out(urls, 2 if quick else 5)),
                 ("latency", lambda: latency(urls, messages)),
             ):
@@ -382,6 +403,7 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
                     "redis_commands": commands,
                     "redis_cpu_s": round(redis_seconds, 4),
                     "redis_cpu_util": round(redis_seconds / elapsed, 3),
+                    "elapsed": round(elapsed, 3),
                 }
             alive = all(s.alive() for s in servers)
             if not alive:
@@ -414,7 +436,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
         first = runs[0] if runs else {}
         return {"missing": first.get("unavailable") or first.get("failed") or "no run"}
     out: dict[str, Any] = {}
-    for key in ("rtt_1", "rtt_20", "fanout"):
+    for key in ("rtt_1", "rtt_20", "streams", "paced", "fanout"):
         out[key] = statistics.median(r[key]["value"] for r in good)
         out[f"{key}_client_cpu"] = max(r[key]["client_cpu_util"] for r in good)
     for stat in good[0]["latency"]["value"]:
@@ -426,6 +448,23 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     )
     out["server_cpu_ms_per_rt_20"] = statistics.median(
         r["rtt_20"]["server_cpu_util"] / r["rtt_20"]["value"] * 1000 for r in good
+    )
+    out["server_cpu_ms_per_stream"] = statistics.median(
+        r["streams"]["server_cpu_util"] / r["streams"]["value"] * 1000 for r in good
+    )
+    out["redis_cpu_ms_per_stream"] = statistics.median(
+        r["streams"]["redis_cpu_util"] / r["streams"]["value"] * 1000 for r in good
+    )
+    for row in ("streams", "paced"):
+        out[f"redis_commands_per_{row}"] = statistics.median(
+            r[row]["redis_commands"] / (r[row]["value"] * r[row]["elapsed"])
+            for r in good
+        )
+    out["server_cpu_ms_per_paced"] = statistics.median(
+        r["paced"]["server_cpu_util"] / r["paced"]["value"] * 1000 for r in good
+    )
+    out["redis_cpu_ms_per_paced"] = statistics.median(
+        r["paced"]["redis_cpu_util"] / r["paced"]["value"] * 1000 for r in good
     )
     out["redis_commands_per_message"] = statistics.median(
         r["latency"]["redis_commands"] / r["latency_messages"] for r in good
@@ -445,8 +484,18 @@ ROWS = (
     ("rtt_1", "round trips/s, 1 client", "rate"),
     ("rtt_20", "round trips/s, 20 clients (half on each node)", "rate"),
     (
+        "streams",
+        f"{STREAM} turns/s, {STREAM_CLIENTS} clients (half on each node)",
+        "rate",
+    ),
+    (
+        "paced",
+        f"{PACED} turns/s (5 ms apart), {PACED_CLIENTS} clients",
+        "rate",
+    ),
+    (
         "fanout",
-        f"fan-out stream:{FANOUT_DELTAS} to {FANOUT_SUBSCRIBERS} on node B, frames/s",
+        f"fan-out stream:{FANOUT_DELTAS} to {FANOUT_SUBSCRIBERS} on node B, deltas/s",
         "rate",
     ),
     ("delivery_p50_ms", "send -> reply at B's subscriber, p50 ms", "ms"),
@@ -455,9 +504,15 @@ ROWS = (
     ("hop_p99_ms", "the two subscribers' copies apart, p99 ms", "ms"),
     ("server_cpu_ms_per_rt", "server CPU per round trip (1 client), ms", "ms"),
     ("server_cpu_ms_per_rt_20", "server CPU per round trip (20 clients), ms", "ms"),
+    ("server_cpu_ms_per_stream", f"server CPU per {STREAM} turn, ms", "ms"),
+    ("server_cpu_ms_per_paced", f"server CPU per {PACED} turn, ms", "ms"),
     ("redis_commands_per_message", "Redis commands per turn (scripts' too)", "ms"),
     ("redis_cpu_ms_per_message", "Redis CPU per turn (main thread), ms", "ms"),
     ("redis_cpu_ms_per_rt_20", "Redis CPU per round trip, 20 clients, ms", "ms"),
+    ("redis_cpu_ms_per_stream", f"Redis CPU per {STREAM} turn, ms", "ms"),
+    ("redis_commands_per_streams", f"Redis commands per {STREAM} turn", "ms"),
+    ("redis_cpu_ms_per_paced", f"Redis CPU per {PACED} turn, ms", "ms"),
+    ("redis_commands_per_paced", f"Redis commands per {PACED} turn", "ms"),
 )
 
 
@@ -473,6 +528,8 @@ def table(report: dict[str, Any], markdown: bool = False) -> str:
         for summary in (single, two):
             if "missing" in summary:
                 cells.append("n/a")
+            elif key.startswith("redis_") and summary is single:
+                cells.append("—")  # no Redis
             else:
                 value = summary[key]
                 cell = f"{value:.2f}" if kind == "ms" else run._fmt(value)
@@ -480,7 +537,7 @@ def table(report: dict[str, Any], markdown: bool = False) -> str:
                     cell += " (client-bound)"
                 cells.append(cell)
         ratio = "—"
-        if "missing" not in single and "missing" not in two and single[key]:
+        if "missing" not in single and "missing" not in two and kind == "rate":
             ratio = f"{two[key] / single[key]:.2f}"
         if markdown:
             lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
@@ -495,7 +552,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument(
+        "--delta-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the Redis daemons' --redis-delta-window (default: theirs)",
+    )
     args = p.parse_args(argv)
+    if args.delta_window is not None:
+        global LEASE
+        LEASE = (*LEASE, "--redis-delta-window", str(args.delta_window))
     run.raise_nofile_limit()
     report = measure_all(
         run.Tools.default(),

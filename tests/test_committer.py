@@ -410,3 +410,91 @@ def test_deltas_of_agents_with_other_fences_never_join() -> None:
     assert join_queued_deltas(attrs.evolve(a, ack="entry"), b) is None
     joined = join_queued_deltas(a, attrs.evolve(b, at=5.0))
     assert joined is not None and joined.at == 5.0 and joined.event_id == a.event_id
+
+
+# --- the join window: deltas alone may wait a little for more -------------------
+
+
+@pytest.fixture
+async def windowed(nursery: trio.Nursery) -> tuple[FakeStore, GroupCommitter]:
+    store = FakeStore(write_time=0.001)
+    committer = GroupCommitter(
+        store, capacity=100, joins=join_queued_deltas, join_window_s=0.02
+    )
+    await nursery.start(
+        lambda task_status: committer.run(flush_timeout_s=1.0, task_status=task_status)
+    )
+    return store, committer
+
+
+async def test_a_streams_deltas_wait_out_the_window_and_join(
+    autojump_clock: trio.testing.MockClock, windowed
+) -> None:
+    store, committer = windowed
+    published: list[tuple[float, bytes]] = []
+    start = trio.current_time()
+
+    def then(result: StoreResult | None) -> None:
+        assert isinstance(result, Appended)
+        published.append((trio.current_time() - start, result.payload))
+
+    for text in ("a", "b", "c"):  # a model's tokens, 5 ms apart
+        committer.submit(delta("x", text), then)
+        await trio.sleep(0.005)
+    await trio.sleep(0.1)
+    assert [texts(b) for b in store.batches] == [[("x", "abc")]]
+    # Clients see one delta, 20 ms (the window) + 1 ms (the write) late.
+    ((at, payload),) = published
+    assert at == pytest.approx(0.021)
+    assert msgspec.json.decode(payload)["text"] == "abc"
+    assert committer.idle
+
+
+async def test_anything_but_a_delta_ends_the_window_at_once(
+    autojump_clock: trio.testing.MockClock, windowed
+) -> None:
+    store, committer = windowed
+    stored_at: list[float] = []
+    start = trio.current_time()
+    committer.submit(delta("x", "a"))
+    await trio.sleep(0.005)
+    end = AppendEvent("x", "end", b'{"event":"stream_end","chat_id":"x"}', at=0.0)
+    committer.submit(end, lambda _r: stored_at.append(trio.current_time() - start))
+    await trio.sleep(0.1)
+    assert [texts(b) for b in store.batches] == [[("x", "a"), ("x", "stream_end")]]
+    assert stored_at == [pytest.approx(0.006)]  # 5 ms, then one 1 ms write
+
+
+async def test_a_users_message_never_waits_for_the_window(
+    autojump_clock: trio.testing.MockClock, windowed
+) -> None:
+    store, committer = windowed
+    committer.submit(delta("x", "a"))
+    start = trio.current_time()
+    await committer.write(user("hello"))
+    assert trio.current_time() - start == pytest.approx(0.001)
+    # And after a write the next batch of deltas waits again.
+    stored = trio.Event()
+    committer.submit(delta("x", "b"), lambda _result: stored.set())
+    committer.submit(delta("x", "c"))
+    before = trio.current_time()
+    await stored.wait()
+    assert trio.current_time() - before == pytest.approx(0.021)
+    first, second = store.batches
+    assert texts(first[:1]) == [("x", "a")] and first[1] == user("hello")
+    assert texts(second) == [("x", "bc")]
+
+
+async def test_a_store_that_declines_inline_writes_keeps_deltas_joinable(
+    autojump_clock: trio.testing.MockClock, windowed
+) -> None:
+    """The dispatcher offers every batch of agent events for an inline write
+    (:meth:`GroupCommitter.commit_now`); Redis declines, and the deltas it
+    was offered must still join the next ones."""
+    store, committer = windowed
+    for text in ("a", "b", "c"):
+        committer.submit(delta("x", text))
+        committer.commit_now()
+        await trio.sleep(0.002)
+    await trio.sleep(0.1)
+    assert [texts(b) for b in store.batches] == [[("x", "abc")]]

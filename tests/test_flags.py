@@ -55,6 +55,7 @@ CASES: list[tuple[list[str], str, object]] = [
     (["--redis-partitions", "8"], "redis_partitions", 8),
     (["--redis-lease-ttl", "2.5"], "redis_lease_ttl_s", 2.5),
     (["--redis-chat-ttl", "600"], "redis_chat_ttl_s", 600.0),
+    (["--redis-delta-window", "0"], "redis_delta_window_s", 0.0),
     (["--media-dir", "/srv/media"], "media_dir", "/srv/media"),
     (
         ["--allowed-host", "chat.lan", "--allowed-host", "box"],

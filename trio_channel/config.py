@@ -94,6 +94,9 @@ class ChannelConfig(
     redis_chat_ttl_s: Annotated[float, msgspec.Meta(ge=60, le=10 * 365 * 86_400)] = (
         30 * 86_400.0
     )
+    #: With a Redis store: how long a stream's deltas may wait to join into
+    #: one append (SCALEOUT allows 50 ms); anything else is written at once.
+    redis_delta_window_s: Annotated[float, msgspec.Meta(ge=0, le=0.05)] = 0.02
     #: Where attachments are kept; empty: ``<data_dir>/media``. Several
     #: daemons must share it (a directory every node mounts).
     media_dir: str = ""

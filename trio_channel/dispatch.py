@@ -260,8 +260,8 @@ _STREAM_ID = msgspec.json.Encoder()
 
 def join_queued_deltas(queued: AppendEvent, new: AppendEvent) -> AppendEvent | None:
     """One append for two queued deltas of one stream, or None (for
-    :attr:`GroupCommitter.joins`): what queues while a batch is written to a
-    shared store joins, and no delta is ever held back for it."""
+    :attr:`GroupCommitter.joins`): with a shared store, what queues while a
+    batch is written, or within the committer's join window, joins."""
     if new.stream is None or new.stream != queued.stream:
         return None
     if (new.fence, new.ack, queued.ack) != (queued.fence, None, None):

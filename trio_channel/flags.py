@@ -58,6 +58,7 @@ FLAG_FOR_FIELD: Mapping[str, str] = {
     "redis_partitions": "--redis-partitions",
     "redis_lease_ttl_s": "--redis-lease-ttl",
     "redis_chat_ttl_s": "--redis-chat-ttl",
+    "redis_delta_window_s": "--redis-delta-window",
     "media_dir": "--media-dir",
     "allowed_hosts": "--allowed-host",
     "allowed_origins": "--allowed-origin",
@@ -119,6 +120,11 @@ _VALUED: Mapping[str, tuple[type[str] | type[int] | type[float], str, str]] = {
         "a dead node's chats move to the others after this long",
     ),
     "redis_chat_ttl_s": (float, "SECONDS", "an idle chat is kept this long in Redis"),
+    "redis_delta_window_s": (
+        float,
+        "SECONDS",
+        "a stream's deltas wait up to this long (at most 0.05) to join one write",
+    ),
     "media_dir": (str, "DIR", "attachments; several daemons must share it"),
     "sqlite_synchronous": (
         str,

@@ -105,8 +105,10 @@ class Channel:
             self.store,
             on_batch=self.metrics.store_flushed,
             on_health=self.metrics.store_health,
-            # Redis: a stream's deltas queued behind a batch become one write.
+            # Redis: a stream's deltas queued behind a batch, or within the
+            # window, become one write.
             joins=join_queued_deltas if self.store.shared else None,
+            join_window_s=cfg.redis_delta_window_s if self.store.shared else 0.0,
         )
         self.metrics.set_gauge_sources(
             lambda: self.tokens.outstanding(trio.current_time()),

@@ -10,6 +10,14 @@ without waiting (:meth:`SessionStore.write_now`: memory, SQLite with
 events, a connection for its user's message. That saves two task switches
 and a thread hop per commit, most of a round trip's cost.
 
+With :attr:`GroupCommitter.joins` (a shared store, where every write is a
+network call and stream deltas are most of them), a stream's queued deltas
+join into one append; with :attr:`GroupCommitter.join_window_s` too, a
+batch holding nothing but deltas waits up to that long for more to join.
+Anything else queued (a user's message, a ``stream_end``, a broadcast)
+ends the wait at once, so only deltas are ever held back, and never for
+longer than the window.
+
 After a batch commits, each item's ``then`` runs, in queue order: that is
 where an agent event is fanned out to clients, so nothing reaches a client
 before the store holds it. Items with no write (``after``) keep their place
@@ -83,11 +91,16 @@ class GroupCommitter:
     #: Joins a chat's queued append with the next one, or returns None:
     #: with a shared store, a stream's queued deltas become one write.
     joins: Callable[[AppendEvent, AppendEvent], AppendEvent | None] | None = None
+    #: With ``joins``: seconds a batch of nothing but stream deltas waits for
+    #: more of them to join before it is written (0: write at once).
+    join_window_s: float = 0.0
     degraded_reason: str | None = attrs.field(default=None, init=False)
     _queue: BatchQueue[_Item] = attrs.field(init=False)
     _busy: bool = attrs.field(default=False, init=False)
     #: Chat -> its last queued, not yet taken item (only with ``joins``).
     _last: dict[str, _Item] = attrs.field(factory=dict, init=False)
+    #: Set when something queued may not wait for the join window.
+    _urgent: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._queue = BatchQueue(self.capacity)
@@ -133,6 +146,8 @@ class GroupCommitter:
 
     def _enqueue(self, item: _Item) -> None:
         self._queue.force(item)
+        if not _may_wait(item.op) or self._queue.full:
+            self._urgent.set()
         if self.joins is not None and item.op is not None:
             # Whatever comes next for this chat may only join this item.
             self._last[item.op.chat_id] = item
@@ -144,6 +159,17 @@ class GroupCommitter:
         self._last.clear()
         return batch
 
+    def _unseal(self, batch: list[_Item]) -> None:
+        for item in batch:
+            item.sealed = False
+            if self.joins is not None and item.op is not None:
+                self._last[item.op.chat_id] = item
+
+    def _calm(self) -> None:
+        """Everything queued was taken for good: the next batch may wait."""
+        if not len(self._queue) and self._urgent.is_set():
+            self._urgent = trio.Event()
+
     def after(self, then: Callable[[], object]) -> None:
         """Run ``then`` once everything queued so far is stored."""
 
@@ -151,6 +177,7 @@ class GroupCommitter:
             then()
 
         self._queue.force(_Item(None, run))
+        self._urgent.set()
 
     async def write(self, op: StoreOp) -> StoreResult:
         """Write ``op`` and wait until it is stored.
@@ -193,7 +220,13 @@ class GroupCommitter:
                 start = trio.current_time()
                 stored = self.store.write_now(ops)
                 if stored is None:
+                    # Declined, nothing sent: the batch is as it was, and
+                    # (when it was the whole queue) what comes next may
+                    # still join it.
+                    whole = not len(self._queue)
                     self._queue.put_back(batch)
+                    if whole:
+                        self._unseal(batch)
                     return
                 if self.on_batch is not None:
                     self.on_batch(trio.current_time() - start, len(ops))
@@ -207,6 +240,7 @@ class GroupCommitter:
             return
         finally:
             self._busy = False
+        self._calm()
         results = iter(stored)
         self._finish(
             batch, [None if item.op is None else next(results) for item in batch]
@@ -236,6 +270,7 @@ class GroupCommitter:
                     if not len(self._queue):
                         await self._probe()
                         continue
+                await self._join_window()
                 await self._commit_next()
         finally:
             with trio.CancelScope(shield=True) as scope:
@@ -250,8 +285,24 @@ class GroupCommitter:
                     flush_timeout_s,
                 )
 
+    async def _join_window(self) -> None:
+        """Give a batch of nothing but stream deltas time to join more.
+
+        Measured from when the committer finds the batch; anything that may
+        not wait (:func:`_may_wait`) or a full queue ends it at once.
+        """
+        if (
+            self.join_window_s <= 0
+            or self.joins is None
+            or self.degraded_reason is not None
+        ):
+            return
+        with trio.move_on_after(self.join_window_s):
+            await self._urgent.wait()
+
     async def _commit_next(self) -> None:
         batch = self._take()
+        self._calm()
         self._busy = True
         try:
             results = await self._write_until_stored(batch)
@@ -259,6 +310,7 @@ class GroupCommitter:
             # Cancelled mid-write: the batch goes back to the front, and the
             # final flush stores it (appends are idempotent by event id).
             self._queue.put_back(item for item in batch if item.error is None)
+            self._urgent.set()
             raise
         finally:
             self._busy = False
@@ -351,3 +403,8 @@ class GroupCommitter:
             self.degraded_reason = None
             if self.on_health is not None:
                 self.on_health(None)
+
+
+def _may_wait(op: StoreOp | None) -> bool:
+    """Whether ``op`` may wait for the join window: a stream's delta only."""
+    return isinstance(op, AppendEvent) and op.stream is not None and op.ack is None
