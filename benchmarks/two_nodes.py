@@ -168,6 +168,22 @@ def redis_cpu(port: int | None) -> float:
     return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
+#: What the daemons send Redis, nearly all of it: scripts (their own
+#: commands are timed inside them, and listed apart too), the feeds' and
+#: the inboxes' blocking reads.
+SENT = ("evalsha", "xread", "xreadgroup")
+
+
+def redis_feed_usec(port: int | None) -> tuple[int, int]:
+    """Microseconds of Redis time in the feeds' ``XREAD`` and in all of
+    :data:`SENT` so far (``INFO commandstats``)."""
+    if port is None:
+        return 0, 0
+    stats = _command(port, "INFO", "commandstats").decode()
+    usec = dict(re.findall(r"cmdstat_([^:]+):calls=\d+,usec=(\d+)", stats))
+    return int(usec.get("xread", 0)), sum(int(usec.get(n, 0)) for n in SENT)
+
+
 @contextlib.contextmanager
 def setup(
     name: str, tools: run.Tools
@@ -382,11 +398,14 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
                 server_before = _cpu(servers)
                 commands_before = redis_commands(redis_port)
                 redis_cpu_before = redis_cpu(redis_port)
+                feed_before, sent_before = redis_feed_usec(redis_port)
                 started = time.perf_counter()
                 value = asyncio.run(work())
                 elapsed = time.perf_counter() - started
                 commands = redis_commands(redis_port) - commands_before
                 redis_seconds = redis_cpu(redis_port) - redis_cpu_before
+                feed_after, sent_after = redis_feed_usec(redis_port)
+                sent = sent_after - sent_before
                 client_after = resource.getrusage(resource.RUSAGE_SELF)
                 client_cpu = (
                     client_after.ru_utime
@@ -404,6 +423,9 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
                     "redis_cpu_s": round(redis_seconds, 4),
                     "redis_cpu_util": round(redis_seconds / elapsed, 3),
                     "elapsed": round(elapsed, 3),
+                    "redis_feed_share": round((feed_after - feed_before) / sent, 3)
+                    if sent
+                    else 0.0,
                 }
             alive = all(s.alive() for s in servers)
             if not alive:
@@ -474,6 +496,10 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["redis_cpu_ms_per_rt_20"] = statistics.median(
         r["rtt_20"]["redis_cpu_util"] / r["rtt_20"]["value"] * 1000 for r in good
     )
+    for row in ("latency", "rtt_20", "paced"):
+        out[f"redis_feed_share_{row}"] = statistics.median(
+            r[row]["redis_feed_share"] * 100 for r in good
+        )
     out["redis_cpu_ms_per_message"] = statistics.median(
         r["latency"]["redis_cpu_s"] / r["latency_messages"] * 1000 for r in good
     )
@@ -513,6 +539,9 @@ ROWS = (
     ("redis_commands_per_streams", f"Redis commands per {STREAM} turn", "ms"),
     ("redis_cpu_ms_per_paced", f"Redis CPU per {PACED} turn, ms", "ms"),
     ("redis_commands_per_paced", f"Redis commands per {PACED} turn", "ms"),
+    ("redis_feed_share_latency", "Redis time in feed reads, one at a time, %", "ms"),
+    ("redis_feed_share_rtt_20", "Redis time in feed reads, 20 clients, %", "ms"),
+    ("redis_feed_share_paced", f"Redis time in feed reads, {PACED}, %", "ms"),
 )
 
 
