@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from trio_channel.cluster.feed import PartitionFeed
+from trio_channel.cluster.inbox import ECHO_WAIT_S, PartitionInbox
 from trio_channel.cluster.leases import LeaseKeeper, plan
 from trio_channel.cluster.turnbook import Turn, TurnBook, TurnOutput
 from trio_channel.core.hub import ChatHub
@@ -249,6 +250,78 @@ def test_the_feed_hands_other_nodes_entries_to_the_hub() -> None:
     feed.deliver({"n": b"other", "c": b"c", "s": b"", "k": b"deleted", "e": b""})
     assert hub.chat("c").published_seq == 0
     assert math.isclose(hub.chat("c").running_since or 0, 5.0)
+
+
+@attrs.define
+class OneReadLink:
+    """A Redis link whose first ``XREAD`` answers ``entries``, then blocks."""
+
+    entries: list[tuple[str, dict[str, bytes]]]
+    stream: str
+
+    async def run(self, call: object) -> list[bytes]:
+        return [b"100", b"0"]  # TIME: the feed starts at 100000-0
+
+    async def xread(
+        self, streams: object, *, count: int, block_ms: int
+    ) -> list[object]:
+        await trio.sleep(1)
+        entries, self.entries = self.entries, []
+        if entries:
+            return [(self.stream, entries)]
+        await trio.sleep_forever()
+        raise AssertionError
+
+
+async def test_the_inbox_can_wait_until_the_feed_has_handled_an_entry(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    hub: ChatHub[Watcher] = ChatHub()
+    layout = Layout(16)
+    echo = b'{"event":"user_message","chat_id":"c","text":"t","starts_turn":true}'
+    entry = {"n": b"other", "c": b"c", "s": b"", "k": b"user_message", "e": echo}
+    link = OneReadLink([("100500-0", entry)], layout.fan(3))
+    feed = PartitionFeed(lambda: link, layout, "me", hub)  # type: ignore[arg-type,return-value]
+    watcher = Watcher()
+    hub.register(watcher)
+    hub.subscribe(watcher, "c")
+    await nursery.start(feed.run)
+    await feed.reached(3, "99999-7")  # before the feed's start: at once
+    assert trio.current_time() == 0
+    await feed.reached(3, "100500-0")
+    assert trio.current_time() == 1  # once the read came, with the echo
+    assert [f[2:] for f in watcher.frames] == [echo]
+    with trio.move_on_after(5) as waiting:
+        await feed.reached(3, "100500-1")  # never written
+    assert waiting.cancelled_caught
+
+
+async def test_a_message_from_another_node_waits_for_its_echo_briefly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    waited: list[tuple[int, str]] = []
+
+    async def reached(partition: int, entry_id: str) -> None:
+        waited.append((partition, entry_id))
+        await trio.sleep_forever()  # a feed that never gets there
+
+    inbox = PartitionInbox(
+        lambda: None,  # type: ignore[arg-type,return-value]
+        Layout(16),
+        TurnBook(),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        lambda: 0.0,
+        lambda chat, result: None,
+        node="me",
+        reached=reached,
+    )
+    await inbox._echoed(3, {"f": b"5-0", "n": b"me"})  # ours: here already
+    await inbox._echoed(3, {"m": b"{}"})  # no echo (an older node wrote it)
+    assert waited == [] and trio.current_time() == 0
+    await inbox._echoed(3, {"f": b"5-0", "n": b"other"})
+    assert waited == [(3, "5-0")]
+    assert trio.current_time() == ECHO_WAIT_S  # never longer
 
 
 @attrs.define

@@ -21,6 +21,7 @@ from trio_channel.store.base import (
     AppendUserMessage,
     Broadcast,
     Fenced,
+    MarkTurnStarted,
     StoredUserMessage,
     StoreError,
 )
@@ -218,3 +219,36 @@ async def test_the_link_survives_redis_restarts_under_blocked_readers(
     finally:
         server.stop()
         gc.collect()
+
+
+async def test_a_turn_is_marked_started_in_the_pipeline_of_its_output(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    keys = redis_store.layout.chat("c")
+    started = redis_store.layout.started(keys.partition)
+    mark = MarkTurnStarted("c", keys.partition, "5-0", 2)
+    results = await redis_store.write([mark, event("c", 1)])
+    assert results[0] is None and isinstance(results[1], Appended)
+    assert redis_server.command("HGET", started, "5-0") == b"$1\r\n2\r\n"
+
+
+async def test_a_users_message_puts_its_echo_on_the_feed_ahead_of_the_inbox(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    """The other nodes' subscribers get the ``user_message`` from the same
+    write, and the inbox entry names it: the owner answers after it."""
+    echo = b'{"event":"user_message","chat_id":"c","text":"hi","starts_turn":true}'
+    op = AppendUserMessage(
+        "c", 1.0, "me", "hi", message_id="m-1", inbound=b"{}", echo=echo
+    )
+    await redis_store.write([op])
+    await redis_store.write([op])  # a retry: stored once, echoed once
+    keys = redis_store.layout.chat("c")
+    fan = redis_server.command("XRANGE", keys.fan, "-", "+")
+    inbox = redis_server.command("XRANGE", keys.inbox, "-", "+")
+    assert fan.startswith(b"*1\r\n") and echo in fan  # one entry: the echo
+    fan_id = fan.split(b"\r\n")[3]  # *1, *2, $len, <id>
+    assert inbox.startswith(b"*1\r\n")
+    assert b"\r\nf\r\n$%d\r\n%s\r\n" % (len(fan_id), fan_id) in inbox
+    node = redis_store.node.encode()
+    assert b"\r\nn\r\n$%d\r\n%s\r\n" % (len(node), node) in inbox

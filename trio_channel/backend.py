@@ -44,7 +44,6 @@ from .media.signing import MediaSigner
 from .metrics import ChannelMetrics
 from .store.base import (
     AppendUserMessage,
-    Broadcast,
     DeleteChat,
     EventPage,
     SessionStore,
@@ -134,12 +133,14 @@ class ChannelBackend:
 
     # --- user messages --------------------------------------------------------------
 
-    async def deliver(self, message: InboundMessage) -> None:
+    async def deliver(self, message: InboundMessage, starts_turn: bool) -> None:
         """Store ``message`` (durably), then hand it to the agent.
 
         With a shared store the message reaches the agent through the store:
-        the one write stores it and queues it in its partition's inbox, for
-        whichever node owns the partition (:mod:`trio_channel.cluster`).
+        the one write stores it, puts its ``user_message`` on the other
+        nodes' feeds and queues it in its partition's inbox, for whichever
+        node owns the partition (:mod:`trio_channel.cluster`), which answers
+        once its feed has delivered the ``user_message``.
         """
         shared = self.store.shared
         await self.committer.write(
@@ -152,6 +153,7 @@ class ChannelBackend:
                 message.turn_id,
                 message_id=uuid.uuid4().hex if shared else None,
                 inbound=_inbound.encode(message) if shared else None,
+                echo=self._echo(message, starts_turn) if shared else None,
             )
         )
         if shared:
@@ -168,7 +170,12 @@ class ChannelBackend:
     def echo(
         self, sender: WsConnection, message: InboundMessage, starts_turn: bool
     ) -> None:
-        """The chat's other connections see the user's message at once."""
+        """The chat's other connections here see the user's message at once
+        (other nodes' got it with the write, :meth:`deliver`)."""
+        frame = text_frame(self._echo(message, starts_turn))
+        self.hub.broadcast(message.chat_id, frame, skip=sender)
+
+    def _echo(self, message: InboundMessage, starts_turn: bool) -> bytes:
         urls = [
             MediaUrl(url=url, name=Path(path).name)
             for path in message.media
@@ -181,10 +188,7 @@ class ChannelBackend:
             turn_id=message.turn_id,
             media_urls=urls or None,
         )
-        payload = encode_event(echo)
-        self.hub.broadcast(message.chat_id, text_frame(payload), skip=sender)
-        if self.store.shared:  # the other nodes' subscribers too
-            self.committer.submit(Broadcast(message.chat_id, payload, "user_message"))
+        return encode_event(echo)
 
     async def save_media(self, session: ClientSession, request: ChatMessage) -> Effects:
         """Decode and save attachments off the event loop; never leave files behind."""

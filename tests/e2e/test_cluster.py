@@ -98,6 +98,36 @@ def test_a_reply_reaches_a_subscriber_on_the_other_node(
         assert [f["text"] for f in mine if f["event"] == "message"] == ["across"]
 
 
+def test_the_users_message_comes_before_the_answer_on_every_node(
+    spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
+):
+    """Whichever node's agent answers, a subscriber on the other node sees
+    the user's message first: the owner waits for its feed to bring the
+    ``user_message`` before its agent answers. Eight chats: both nodes own
+    some of them (all on one node: 1 in 128)."""
+    a, b = nodes(spawn_daemon, deployment, tmp_path, *open_flags())
+    with (
+        connect(a.ws_url("client_id=sender")) as sender,
+        connect(b.ws_url("client_id=watcher")) as watcher,
+    ):
+        ready(sender)
+        ready(watcher)
+        chats = []
+        for _ in range(8):
+            send(sender, {"type": "new_chat"})
+            chats.append(recv(sender)["chat_id"])
+            recv(sender)  # session_updated
+        for chat in chats:
+            send(watcher, {"type": "attach", "chat_id": chat})
+            recv_until(watcher, lambda f: f.get("event") == "attached")
+        for chat in chats:
+            send(sender, {"type": "message", "chat_id": chat, "content": "first?"})
+            seen = turn(watcher, chat)
+            events = [f["event"] for f in seen if f.get("chat_id") == chat]
+            assert events[0] == "user_message", events
+            assert "message" in events
+
+
 def test_clients_hopping_between_nodes_see_every_event_once(
     spawn_daemon: DaemonFactory, deployment: Deployment, tmp_path: Path
 ):

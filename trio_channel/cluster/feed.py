@@ -61,6 +61,10 @@ class PartitionFeed:
     cluster: bool = False
     #: The loops that fail now (by their first partition).
     _failing: set[int] = attrs.field(factory=set, init=False)
+    #: Fan-out stream -> the last entry id this node has handled, as ints.
+    _read: dict[str, tuple[int, int]] = attrs.field(factory=dict, init=False)
+    #: Set (and replaced) whenever a loop has handled a read.
+    _progress: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -71,6 +75,24 @@ class PartitionFeed:
             for group in groups:
                 nursery.start_soon(self._follow, group)
             task_status.started()
+
+    async def reached(self, partition: int, entry_id: str) -> None:
+        """Return once this node has handled ``partition``'s fan-out entry
+        ``entry_id`` (or started reading after it, after a break).
+
+        The inbox waits on it to answer a message only after its
+        ``user_message`` reached this node's subscribers.
+        """
+        stream = self.layout.fan(partition)
+        wanted = _entry(entry_id)
+        while self._read.get(stream, (0, 0)) < wanted:
+            await self._progress.wait()
+
+    def _handled(self, last: dict[str, str]) -> None:
+        for stream, entry_id in last.items():
+            self._read[stream] = max(self._read.get(stream, (0, 0)), _entry(entry_id))
+        self._progress.set()
+        self._progress = trio.Event()
 
     async def _follow(self, partitions: list[int]) -> None:
         """Read the fan-out streams of ``partitions`` for good."""
@@ -88,6 +110,7 @@ class PartitionFeed:
                     now = await self.link().run(Call(_TIME, streams[:1], []))
                     since = f"{int(now[0]) * 1000 + int(now[1]) // 1000}-0"
                     last = dict.fromkeys(streams, since)
+                    self._handled(last)
                     if resync:
                         # Only now, with the feed's new start fixed: the
                         # logs cover everything before it, the feed
@@ -118,6 +141,8 @@ class PartitionFeed:
                 for entry_id, fields in entries:
                     last[stream] = entry_id
                     self.deliver(fields)
+            if answer:
+                self._handled(last)
 
     def deliver(self, fields: dict[str, bytes]) -> None:
         """Hand one fan-out entry of another node to local subscribers."""
@@ -169,3 +194,9 @@ class PartitionFeed:
             self.degraded_reason = None
             if self.on_health is not None:
                 self.on_health(None)
+
+
+def _entry(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<n>``) as comparable ints."""
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)

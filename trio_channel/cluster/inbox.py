@@ -8,7 +8,9 @@ as the turn's ``turn_end`` (:class:`~.turnbook.TurnBook`), so a message whose
 turn never ended is still pending when its node dies.
 
 The new owner of a partition reads the pending entries first, in order.
-One whose turn had started (the ``started`` hash names its attempt) gets a
+The owner marks each entry it hands over as started (the ``started`` hash
+names its attempt) through the committer, in order with the turn's output:
+a turn that showed anything was marked first. One whose turn had started gets a
 ``turn_end`` with ``interrupted: true`` appended first (PROTOCOL 4), then
 runs again as the next attempt: clients keep the cut reply as interrupted
 and never see two attempts spliced into one.
@@ -17,7 +19,7 @@ and never see two attempts spliced into one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
@@ -28,7 +30,7 @@ import trio
 from ..core.events import InboundMessage, TurnEnd, encode_event
 from ..store import redis_scripts as lua
 from ..store._coredis import Call, RedisLink, Script
-from ..store.base import AppendEvent, StoreError, StoreResult
+from ..store.base import AppendEvent, MarkTurnStarted, StoreError, StoreResult
 from ..store.committer import GroupCommitter
 from ..store.redis import AGENTS_GROUP
 from ..store.redis_layout import Layout
@@ -44,11 +46,10 @@ CONSUMER: Final = "owner"
 READ_COUNT: Final = 64
 BLOCK_MS: Final = 2000
 RETRY_S: Final = 0.5
+#: The longest a message waits for its ``user_message`` to come through
+#: this node's feed (a broken feed catches up from the logs anyway).
+ECHO_WAIT_S: Final = 0.5
 
-_MARK_STARTED = Script(
-    "mark_started",
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1",
-)
 _STARTED = Script("started", "return redis.call('HGET', KEYS[1], ARGV[1])")
 _inbound = msgspec.json.Decoder(InboundMessage)
 
@@ -63,6 +64,11 @@ class PartitionInbox:
     wall_clock: Callable[[], float]
     #: Fans a stored event out on this node (the dispatcher's own step).
     published: Callable[[str, StoreResult | None], None]
+    #: This node's id, and its feed's :meth:`~.feed.PartitionFeed.reached`:
+    #: a message from another node is answered once its ``user_message``
+    #: is here, so no subscriber sees the answer first.
+    node: str = ""
+    reached: Callable[[int, str], Awaitable[None]] | None = None
     _readers: dict[int, trio.CancelScope] = attrs.field(factory=dict, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
 
@@ -132,7 +138,16 @@ class PartitionInbox:
             )
             for _, rows in answer:
                 for entry_id, fields in rows:
+                    await self._echoed(partition, fields)
                     await self._hand(partition, fence, entry_id, 1, _decode(fields))
+
+    async def _echoed(self, partition: int, fields: dict[str, bytes]) -> None:
+        """Wait (briefly) until the message's ``user_message`` is here."""
+        echo = fields.get("f", b"").decode()
+        if not echo or self.reached is None or fields.get("n") == self.node.encode():
+            return  # none, or this node's own: its subscribers have it
+        with trio.move_on_after(ECHO_WAIT_S):
+            await self.reached(partition, echo)
 
     def _interrupt(
         self, message: InboundMessage, entry_id: str, attempt: int, fence: str
@@ -168,8 +183,10 @@ class PartitionInbox:
                 )
             )
             return
-        await self.link().run(
-            Call(_MARK_STARTED, [self.layout.started(partition)], [entry_id, attempt])
+        # Not awaited: the mark goes in order with the turn's output, in the
+        # same pipeline when they queue together (a round trip less a turn).
+        self.committer.submit(
+            MarkTurnStarted(message.chat_id, partition, entry_id, attempt)
         )
         self.book.handed(message.chat_id, Turn(entry_id, attempt, partition, fence))
         await self.inbound.send(message)

@@ -123,6 +123,8 @@ class ClusterNode:
             self.committer,
             self.wall_clock,
             self.published,
+            node=store.node,
+            reached=self.feed.reached,
         )
         self.leases = LeaseKeeper(
             RedisLeases(store),

@@ -245,19 +245,35 @@ class ClientSession:
             detail=STORE_UNAVAILABLE, chat_id=message.chat_id, turn_id=message.turn_id
         )
 
+    def claim_turn(self, chat_id: str) -> bool:
+        """Before a message of ``chat_id`` is stored: whether it starts a turn.
+
+        True when no turn of the chat runs or waits; from now on one waits,
+        so a second message sent meanwhile does not start one too. Decided
+        before the write because, with several daemons, the message's
+        ``user_message`` travels with it (:meth:`release_turn` if the write
+        fails).
+        """
+        chat = self.hub.chat(chat_id)
+        starts_turn = chat.running_since is None and not chat.turn_pending
+        chat.turn_pending = True
+        return starts_turn
+
+    def release_turn(self, chat_id: str, starts_turn: bool) -> None:
+        """The message :meth:`claim_turn` was for was not stored after all."""
+        if starts_turn:
+            self.hub.chat(chat_id).turn_pending = False
+
     def delivered(
-        self, message: InboundMessage
+        self, message: InboundMessage, starts_turn: bool
     ) -> tuple[list[ServerEvent], UserMessageEcho]:
         """After ``message`` is stored and with the agent: what clients see.
 
         The sender gets ``message_accepted`` when it asked for it (a string
         ``turn_id`` and ``webui: true``); every *other* subscriber of the
-        chat gets the ``user_message``. ``starts_turn`` is true when no turn
-        of the chat runs or waits, so this message starts one.
+        chat gets the ``user_message``, with ``starts_turn`` from
+        :meth:`claim_turn`.
         """
-        chat = self.hub.chat(message.chat_id)
-        starts_turn = chat.running_since is None and not chat.turn_pending
-        chat.turn_pending = True
         replies: list[ServerEvent] = []
         if message.turn_id is not None and message.metadata.get("webui") is True:
             replies.append(

@@ -163,6 +163,9 @@ class AppendUserMessage:
     #: The message for the agents, encoded, where the store carries it to
     #: them (:attr:`SessionStore.shared`); stored and handed over at once.
     inbound: bytes | None = None
+    #: Its ``user_message`` for the other nodes' subscribers (shared
+    #: stores): in the same write, ahead of the agent's answer.
+    echo: bytes | None = None
 
 
 @attrs.frozen
@@ -198,7 +201,30 @@ class Broadcast:
     running: tuple[bool, float | None] | None = None
 
 
-StoreOp = AppendEvent | AppendUserMessage | UpdateChat | DeleteChat | Broadcast
+@attrs.frozen
+class MarkTurnStarted:
+    """Several daemons: this node's agent got an inbox entry's message.
+
+    Written in order with the turn's output (the committer's queue), so a
+    turn that showed anything at all is marked before it did: a node that
+    takes the partition over closes it as interrupted before running it
+    again (PROTOCOL 4). Only a shared store does anything with it.
+    """
+
+    chat_id: str
+    partition: int
+    entry: str
+    attempt: int
+
+
+StoreOp = (
+    AppendEvent
+    | AppendUserMessage
+    | UpdateChat
+    | DeleteChat
+    | Broadcast
+    | MarkTurnStarted
+)
 
 
 @attrs.frozen

@@ -75,7 +75,8 @@ class MemoryStore:
             elif isinstance(op, DeleteChat):
                 results.append(self._delete_chat(op))
             else:
-                results.append(None)  # Broadcast: nobody else to tell
+                # Broadcast, MarkTurnStarted: nobody else to tell
+                results.append(None)
         return results
 
     async def probe(self) -> None:

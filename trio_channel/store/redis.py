@@ -42,6 +42,7 @@ from .base import (
     DeleteChat,
     EventPage,
     Fenced,
+    MarkTurnStarted,
     StoredUserMessage,
     StoreError,
     StoreOp,
@@ -77,6 +78,7 @@ _PARTITION_CHATS = Script("partition_chats", lua.PARTITION_CHATS)
 _USER_MESSAGES = Script("user_messages", lua.USER_MESSAGES)
 _PROBE = Script("probe", lua.PROBE)
 _CONFIGURE = Script("configure", lua.CONFIGURE)
+_MARK_STARTED = Script("mark_started", lua.MARK_STARTED)
 
 
 @attrs.define(eq=False)
@@ -158,6 +160,12 @@ class RedisStore:
         return None
 
     def _call(self, op: StoreOp) -> Call:
+        if isinstance(op, MarkTurnStarted):
+            return Call(
+                _MARK_STARTED,
+                [self.layout.started(op.partition)],
+                [op.entry, op.attempt],
+            )
         keys = self.layout.chat(op.chat_id)
         chat = [keys.meta, keys.log, keys.eids, keys.users, keys.recent]
         ttl = int(self.chat_ttl_s * 1000)
@@ -192,7 +200,7 @@ class RedisStore:
             content = op.content.strip()
             return Call(
                 _APPEND_USER,
-                [*chat, keys.sessions, keys.inbox],
+                [*chat, keys.sessions, keys.inbox, keys.fan],
                 [
                     op.chat_id,
                     op.message_id or uuid.uuid4().hex,
@@ -205,6 +213,9 @@ class RedisStore:
                     new_epoch(),
                     content[:80] if content else "",
                     op.inbound or b"",
+                    op.echo or b"",
+                    self.node,
+                    FAN_MAXLEN,
                 ],
             )
         if isinstance(op, UpdateChat):

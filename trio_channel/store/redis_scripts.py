@@ -95,10 +95,14 @@ return {seq, epoch, payload}
 """
 )
 
-#: KEYS: meta log eids users recent sessions inbox
+#: KEYS: meta log eids users recent sessions inbox fan
 #: ARGV: 1 chat, 2 message id, 3 at, 4 client id, 5 content, 6 media (JSON),
 #: 7 turn id ('' for none), 8 ttl ms, 9 new epoch, 10 title ('' none),
-#: 11 the message for the agents (encoded; '' for none)
+#: 11 the message for the agents (encoded; '' for none), 12 its
+#: ``user_message`` for the other nodes' subscribers ('' for none), 13 node,
+#: 14 fan maxlen. The echo goes on the fan-out before the message enters the
+#: inbox, whose entry names it (``f``): the owner's agent answers only once
+#: its node's feed has delivered it (cluster/inbox.py).
 #: -> {after_seq, epoch}. A retried id (among the last 32) is stored once;
 #: only a retry pays for reading the entries back, to answer where it went.
 APPEND_USER_MESSAGE: Final = (
@@ -131,7 +135,14 @@ if ARGV[10] ~= '' then
   redis.call('HSETNX', KEYS[1], 'preview', ARGV[10])
 end
 redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
-if ARGV[11] ~= '' then redis.call('XADD', KEYS[7], '*', 'm', ARGV[11]) end
+local echo = ''
+if ARGV[12] ~= '' then
+  echo = redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[14], '*', 'c', ARGV[1],
+                    's', '', 'k', 'user_message', 'n', ARGV[13], 'e', ARGV[12])
+end
+if ARGV[11] ~= '' then
+  redis.call('XADD', KEYS[7], '*', 'm', ARGV[11], 'f', echo, 'n', ARGV[13])
+end
 """
     + _SLIDE_TTL.format(ttl_arg=8)
     + """
@@ -226,6 +237,13 @@ return 0
 #: KEYS: lease  ARGV: 1 node
 RELEASE_LEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+#: The owner's agent got the entry's message (attempt ARGV[2]).
+#: KEYS: started  ARGV: 1 entry id, 2 attempt
+MARK_STARTED: Final = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 

@@ -180,7 +180,7 @@ class Batch:
             return self._update_chat(op)
         if isinstance(op, DeleteChat):
             return self._delete_chat(op)
-        return None  # Broadcast: nobody else to tell
+        return None  # Broadcast, MarkTurnStarted: nobody else to tell
 
     def _row(self, chat_id: str) -> Row | None:
         if chat_id in self.staged:

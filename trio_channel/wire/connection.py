@@ -335,19 +335,22 @@ class WsConnection:
 
     async def _deliver(self, message: InboundMessage) -> None:
         self.busy = True
+        starts_turn = self.session.claim_turn(message.chat_id)
         try:
-            await self.backend.deliver(message)
+            await self.backend.deliver(message, starts_turn)
         except StoreUnavailable:
+            self.session.release_turn(message.chat_id, starts_turn)
             await self.backend.discard_media(message.media)
             self.send_events([self.session.store_unavailable(message)])
             return
         except AgentGone:
+            self.session.release_turn(message.chat_id, starts_turn)
             await self.backend.discard_media(message.media)
             self.close(INTERNAL_ERROR, "the agent is not running")
             return
         finally:
             self.busy = False
-        replies, echo = self.session.delivered(message)
+        replies, echo = self.session.delivered(message, starts_turn)
         self.send_events(replies)
         self.backend.echo(self, message, echo.starts_turn)
 

@@ -41,8 +41,9 @@ class Backend(Protocol):
         self, session: ClientSession, request: ChatMessage
     ) -> Effects: ...
 
-    async def deliver(self, message: InboundMessage) -> None:
-        """Store ``message``, then hand it to the agent.
+    async def deliver(self, message: InboundMessage, starts_turn: bool) -> None:
+        """Store ``message``, then hand it to the agent (``starts_turn``: what
+        its ``user_message`` says, :meth:`ClientSession.claim_turn`).
 
         Raises ``StoreUnavailable`` (nothing was stored) or :class:`AgentGone`.
         """
