@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -147,41 +148,47 @@ def _command(port: int, *words: str) -> bytes:
     return answer
 
 
-def redis_commands(port: int | None) -> int:
-    """Commands Redis has run so far (``INFO commandstats``)."""
-    if port is None:
-        return 0
-    stats = _command(port, "INFO", "commandstats").decode()
-    return sum(int(n) for n in re.findall(r"calls=(\d+)", stats))
-
-
-def redis_cpu(port: int | None) -> float:
-    """Seconds of CPU Redis's main thread has used so far (``INFO cpu``)."""
-    if port is None:
-        return 0.0
-    info = _command(port, "INFO", "cpu").decode()
-    fields = dict(re.findall(r"(used_cpu_\w+):([\d.]+)", info))
-    if "used_cpu_user_main_thread" in fields:
-        return float(fields["used_cpu_user_main_thread"]) + float(
-            fields["used_cpu_sys_main_thread"]
-        )
-    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
-
-
 #: What the daemons send Redis, nearly all of it: scripts (their own
 #: commands are timed inside them, and listed apart too), the feeds' and
 #: the inboxes' blocking reads.
 SENT = ("evalsha", "xread", "xreadgroup")
 
 
-def redis_feed_usec(port: int | None) -> tuple[int, int]:
-    """Microseconds of Redis time in the feeds' ``XREAD`` and in all of
-    :data:`SENT` so far (``INFO commandstats``)."""
+@dataclasses.dataclass(frozen=True)
+class RedisStats:
+    """Redis's counters so far, from one ``INFO cpu commandstats``."""
+
+    #: Commands run (those inside our Lua scripts too).
+    commands: int = 0
+    #: CPU seconds of the main thread.
+    cpu_s: float = 0.0
+    #: Microseconds in the feeds' ``XREAD`` and in all of :data:`SENT`.
+    feed_usec: int = 0
+    sent_usec: int = 0
+
+    def __sub__(self, before: RedisStats) -> RedisStats:
+        return RedisStats(
+            self.commands - before.commands,
+            self.cpu_s - before.cpu_s,
+            self.feed_usec - before.feed_usec,
+            self.sent_usec - before.sent_usec,
+        )
+
+
+def redis_stats(port: int | None) -> RedisStats:
     if port is None:
-        return 0, 0
-    stats = _command(port, "INFO", "commandstats").decode()
-    usec = dict(re.findall(r"cmdstat_([^:]+):calls=\d+,usec=(\d+)", stats))
-    return int(usec.get("xread", 0)), sum(int(usec.get(n, 0)) for n in SENT)
+        return RedisStats()
+    info = _command(port, "INFO", "cpu", "commandstats").decode()
+    cpu = dict(re.findall(r"(used_cpu_\w+):([\d.]+)", info))
+    thread = "_main_thread" if "used_cpu_user_main_thread" in cpu else ""
+    usec = dict(re.findall(r"cmdstat_([^:]+):calls=\d+,usec=(\d+)", info))
+    user, sys_ = cpu[f"used_cpu_user{thread}"], cpu[f"used_cpu_sys{thread}"]
+    return RedisStats(
+        commands=sum(int(n) for n in re.findall(r"calls=(\d+)", info)),
+        cpu_s=float(user) + float(sys_),
+        feed_usec=int(usec.get("xread", 0)),
+        sent_usec=sum(int(usec.get(n, 0)) for n in SENT),
+    )
 
 
 @contextlib.contextmanager
@@ -396,16 +403,11 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
             ):
                 client_before = resource.getrusage(resource.RUSAGE_SELF)
                 server_before = _cpu(servers)
-                commands_before = redis_commands(redis_port)
-                redis_cpu_before = redis_cpu(redis_port)
-                feed_before, sent_before = redis_feed_usec(redis_port)
+                redis_before = redis_stats(redis_port)
                 started = time.perf_counter()
                 value = asyncio.run(work())
                 elapsed = time.perf_counter() - started
-                commands = redis_commands(redis_port) - commands_before
-                redis_seconds = redis_cpu(redis_port) - redis_cpu_before
-                feed_after, sent_after = redis_feed_usec(redis_port)
-                sent = sent_after - sent_before
+                redis = redis_stats(redis_port) - redis_before
                 client_after = resource.getrusage(resource.RUSAGE_SELF)
                 client_cpu = (
                     client_after.ru_utime
@@ -419,12 +421,12 @@ def measure(name: str, tools: run.Tools, quick: bool) -> dict[str, Any]:
                     "server_cpu_util": round(
                         (_cpu(servers) - server_before) / elapsed, 2
                     ),
-                    "redis_commands": commands,
-                    "redis_cpu_s": round(redis_seconds, 4),
-                    "redis_cpu_util": round(redis_seconds / elapsed, 3),
+                    "redis_commands": redis.commands,
+                    "redis_cpu_s": round(redis.cpu_s, 4),
+                    "redis_cpu_util": round(redis.cpu_s / elapsed, 3),
                     "elapsed": round(elapsed, 3),
-                    "redis_feed_share": round((feed_after - feed_before) / sent, 3)
-                    if sent
+                    "redis_feed_share": round(redis.feed_usec / redis.sent_usec, 3)
+                    if redis.sent_usec
                     else 0.0,
                 }
             alive = all(s.alive() for s in servers)
