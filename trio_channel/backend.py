@@ -133,8 +133,9 @@ class ChannelBackend:
 
     # --- user messages --------------------------------------------------------------
 
-    async def deliver(self, message: InboundMessage, starts_turn: bool) -> None:
-        """Store ``message`` (durably), then hand it to the agent.
+    async def deliver(self, message: InboundMessage, starts_turn: bool) -> bytes:
+        """Store ``message`` (durably), then hand it to the agent; its
+        ``user_message``, encoded once, for :meth:`echo`.
 
         With a shared store the message reaches the agent through the store:
         the one write stores it, puts its ``user_message`` on the other
@@ -143,6 +144,7 @@ class ChannelBackend:
         once its feed has delivered the ``user_message``.
         """
         shared = self.store.shared
+        echo = self._user_message(message, starts_turn)
         await self.committer.write(
             AppendUserMessage(
                 message.chat_id,
@@ -153,11 +155,11 @@ class ChannelBackend:
                 message.turn_id,
                 message_id=uuid.uuid4().hex if shared else None,
                 inbound=_inbound.encode(message) if shared else None,
-                echo=self._echo(message, starts_turn) if shared else None,
+                echo=echo if shared else None,
             )
         )
         if shared:
-            return
+            return echo
         try:
             self.inbound.send_nowait(message)
         except trio.WouldBlock:
@@ -166,16 +168,14 @@ class ChannelBackend:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.error("the agent stopped receiving messages")
             raise AgentGone from None
+        return echo
 
-    def echo(
-        self, sender: WsConnection, message: InboundMessage, starts_turn: bool
-    ) -> None:
+    def echo(self, sender: WsConnection, chat_id: str, user_message: bytes) -> None:
         """The chat's other connections here see the user's message at once
         (other nodes' got it with the write, :meth:`deliver`)."""
-        frame = text_frame(self._echo(message, starts_turn))
-        self.hub.broadcast(message.chat_id, frame, skip=sender)
+        self.hub.broadcast(chat_id, text_frame(user_message), skip=sender)
 
-    def _echo(self, message: InboundMessage, starts_turn: bool) -> bytes:
+    def _user_message(self, message: InboundMessage, starts_turn: bool) -> bytes:
         urls = [
             MediaUrl(url=url, name=Path(path).name)
             for path in message.media

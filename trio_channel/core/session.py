@@ -32,7 +32,6 @@ from .events import (
     Ready,
     ServerEvent,
     SessionUpdated,
-    UserMessageEcho,
 )
 from .hub import ChatHub
 from .protocol import (
@@ -266,13 +265,13 @@ class ClientSession:
 
     def delivered(
         self, message: InboundMessage, starts_turn: bool
-    ) -> tuple[list[ServerEvent], UserMessageEcho]:
-        """After ``message`` is stored and with the agent: what clients see.
+    ) -> list[ServerEvent]:
+        """After ``message`` is stored and with the agent: what its sender gets.
 
-        The sender gets ``message_accepted`` when it asked for it (a string
-        ``turn_id`` and ``webui: true``); every *other* subscriber of the
-        chat gets the ``user_message``, with ``starts_turn`` from
-        :meth:`claim_turn`.
+        ``message_accepted``, when it asked for it (a string ``turn_id`` and
+        ``webui: true``), with ``starts_turn`` from :meth:`claim_turn`; the
+        chat's *other* subscribers get the ``user_message`` (the backend's
+        ``echo``).
         """
         replies: list[ServerEvent] = []
         if message.turn_id is not None and message.metadata.get("webui") is True:
@@ -283,13 +282,7 @@ class ClientSession:
                     starts_turn=starts_turn,
                 )
             )
-        echo = UserMessageEcho(
-            chat_id=message.chat_id,
-            text=message.content,
-            starts_turn=starts_turn,
-            turn_id=message.turn_id,
-        )
-        return replies, echo
+        return replies
 
     # --- handlers -------------------------------------------------------------
 

@@ -337,7 +337,7 @@ class WsConnection:
         self.busy = True
         starts_turn = self.session.claim_turn(message.chat_id)
         try:
-            await self.backend.deliver(message, starts_turn)
+            echo = await self.backend.deliver(message, starts_turn)
         except StoreUnavailable:
             self.session.release_turn(message.chat_id, starts_turn)
             await self.backend.discard_media(message.media)
@@ -350,9 +350,8 @@ class WsConnection:
             return
         finally:
             self.busy = False
-        replies, echo = self.session.delivered(message, starts_turn)
-        self.send_events(replies)
-        self.backend.echo(self, message, echo.starts_turn)
+        self.send_events(self.session.delivered(message, starts_turn))
+        self.backend.echo(self, message.chat_id, echo)
 
     # --- sending ---------------------------------------------------------------------
 

@@ -41,17 +41,15 @@ class Backend(Protocol):
         self, session: ClientSession, request: ChatMessage
     ) -> Effects: ...
 
-    async def deliver(self, message: InboundMessage, starts_turn: bool) -> None:
-        """Store ``message``, then hand it to the agent (``starts_turn``: what
-        its ``user_message`` says, :meth:`ClientSession.claim_turn`).
+    async def deliver(self, message: InboundMessage, starts_turn: bool) -> bytes:
+        """Store ``message``, then hand it to the agent; its ``user_message``
+        (``starts_turn`` from :meth:`ClientSession.claim_turn`), encoded.
 
         Raises ``StoreUnavailable`` (nothing was stored) or :class:`AgentGone`.
         """
         ...
 
-    def echo(
-        self, sender: WsConnection, message: InboundMessage, starts_turn: bool
-    ) -> None: ...
+    def echo(self, sender: WsConnection, chat_id: str, user_message: bytes) -> None: ...
 
     def persist_scope(self, chat_id: str, scope: object) -> None: ...
 
