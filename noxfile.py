@@ -16,8 +16,7 @@ SOURCES = ["trio_channel", "tests", "benchmarks", "docs/examples", "noxfile.py"]
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite: unit, in-memory server, end-to-end, browser, and
-    the several-daemons scenarios and the store contract on a Redis Cluster
-    and Sentinel (``-m cluster``).
+    the several-daemons scenarios (``-m cluster``).
 
     Two pytest-xdist workers for everything but the cluster scenarios, which
     then run alone: two daemons and a Redis each, with lease and feed

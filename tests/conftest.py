@@ -52,17 +52,7 @@ def redis_sentinel(
     setup.stop()
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        "sqlite",
-        "redis",
-        # A Cluster of three and a Sentinel pair take seconds to set up: with
-        # the several-daemons scenarios, under their marker.
-        pytest.param("redis-cluster", marks=pytest.mark.cluster),
-        pytest.param("redis-sentinel", marks=pytest.mark.cluster),
-    ]
-)
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, nursery: trio.Nursery
 ) -> AsyncIterator[SessionStore]:
